@@ -1,0 +1,13 @@
+"""mmpretrain / mmengine integration.
+
+Importing this package imports mmpretrain. Classes here are registered into the ``labelwise``
+mmengine registries by the built-in plugins (``labelwise_register_mm_modules``), so configs
+refer to them as ``type='labelwise.<ClassName>'``.
+"""
+from labelwise.adapters import require
+
+require("mmpretrain", "mm")
+
+from labelwise.adapters.mmpretrain.datasets import PartialMultiLabelDataset  # noqa: E402
+
+__all__ = ["PartialMultiLabelDataset"]

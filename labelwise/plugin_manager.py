@@ -1,0 +1,180 @@
+"""Build the labelwise plugin manager: built-in plugins plus installed third-party ones."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import os
+import warnings
+
+import pluggy
+
+from labelwise import hookspecs
+from labelwise.errors import PluginError
+
+#: Entry-point group that third-party plugins register under.
+ENTRY_POINT_GROUP = "labelwise.plugins"
+#: Set this environment variable to a non-empty value other than ``0`` to skip third-party
+#: plugins (built-in plugins are always registered).
+DISABLE_AUTOLOAD_ENV = "LABELWISE_DISABLE_PLUGIN_AUTOLOAD"
+#: Modules of the built-in plugins, registered in this order.
+BUILTIN_PLUGINS = (
+    "labelwise.plugins.core",
+    "labelwise.plugins.data",
+    "labelwise.plugins.baseline",
+)
+#: Valid values of :attr:`MethodInfo.kind`.
+METHOD_KINDS = ("loss", "head", "module", "transform", "hook", "dataset", "metric", "tool")
+
+
+class PluginLoadWarning(UserWarning):
+    """A third-party plugin could not be loaded or called; labelwise carries on without it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    """A method as declared by a plugin through ``labelwise_methods``."""
+
+    name: str
+    summary: str
+    kind: str
+    paper: str = ""
+    types: tuple = ()
+    plugin: str = ""
+
+    def __post_init__(self):
+        if self.kind not in METHOD_KINDS:
+            raise PluginError(
+                f"method {self.name!r} of plugin {self.plugin or '?'!r} has kind {self.kind!r}; "
+                f"expected one of {', '.join(METHOD_KINDS)}"
+            )
+        object.__setattr__(self, "types", tuple(self.types))
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginFailure:
+    """Why a third-party plugin is missing from the manager."""
+
+    name: str
+    distribution: str
+    error: str
+
+
+class LabelwisePluginManager(pluggy.PluginManager):
+    """A :class:`pluggy.PluginManager` that remembers which third-party plugins failed."""
+
+    def __init__(self):
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        self.failures: list[PluginFailure] = []
+        self.distributions: dict[str, str] = {}
+
+    def record_failure(self, name: str, distribution: str, error: BaseException) -> None:
+        failure = PluginFailure(name, distribution, f"{type(error).__name__}: {error}")
+        self.failures.append(failure)
+        warnings.warn(
+            f"labelwise plugin {name!r} (from {distribution}) failed and is skipped: "
+            f"{failure.error}",
+            PluginLoadWarning,
+            stacklevel=3,
+        )
+
+    def is_builtin(self, name: str) -> bool:
+        return name in BUILTIN_PLUGINS
+
+
+def get_plugin_manager(*, autoload: bool | None = None) -> LabelwisePluginManager:
+    """Return a fresh plugin manager with the built-in and third-party plugins registered.
+
+    Args:
+        autoload: load third-party plugins from the ``labelwise.plugins`` entry-point group.
+            ``None`` (default) means yes unless the environment variable
+            ``LABELWISE_DISABLE_PLUGIN_AUTOLOAD`` is set (to anything but ``""`` or ``"0"``).
+
+    Returns:
+        A new :class:`LabelwisePluginManager`; nothing global is modified. A third-party plugin
+        that fails to import or to register is skipped with a :class:`PluginLoadWarning`
+        naming it and its distribution, and listed in ``manager.failures``.
+    """
+    pm = LabelwisePluginManager()
+    for modname in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(modname), name=modname)
+        pm.distributions[modname] = "labelwise (built-in)"
+    if autoload is None:
+        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    if autoload:
+        _load_entry_points(pm)
+    return pm
+
+
+def _load_entry_points(pm: LabelwisePluginManager) -> None:
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken plugin must not break labelwise or the built-ins
+            pm.record_failure(ep.name, dist, exc)
+            continue
+        pm.distributions[ep.name] = dist
+
+
+def call_each(pm: LabelwisePluginManager, hook_name: str, **kwargs):
+    """Call one hook plugin by plugin, yielding ``(plugin_name, result)``.
+
+    A failing third-party implementation is skipped with a :class:`PluginLoadWarning` (and
+    recorded in ``pm.failures``); a failing built-in raises, since that is a labelwise bug.
+    """
+    caller = getattr(pm.hook, hook_name)
+    for impl in reversed(caller.get_hookimpls()):  # registration order
+        args = {name: kwargs[name] for name in impl.argnames}
+        try:
+            yield impl.plugin_name, impl.function(**args)
+        except Exception as exc:
+            if pm.is_builtin(impl.plugin_name):
+                raise
+            pm.record_failure(impl.plugin_name, pm.distributions.get(impl.plugin_name, "?"), exc)
+
+
+def list_methods(pm: LabelwisePluginManager | None = None) -> list[MethodInfo]:
+    """Return every method declared by the registered plugins, in registration order.
+
+    Args:
+        pm: a plugin manager; a fresh one from :func:`get_plugin_manager` if ``None``.
+
+    Raises:
+        PluginError: two plugins declare the same method name.
+    """
+    pm = get_plugin_manager() if pm is None else pm
+    methods: list[MethodInfo] = []
+    seen: dict[str, str] = {}
+    for plugin_name, declared in call_each(pm, "labelwise_methods"):
+        try:
+            infos = [_to_method_info(item, plugin_name) for item in declared or ()]
+        except (PluginError, TypeError) as exc:
+            if pm.is_builtin(plugin_name):
+                raise
+            pm.record_failure(plugin_name, pm.distributions.get(plugin_name, "?"), exc)
+            continue
+        for info in infos:
+            if info.name in seen:
+                raise PluginError(
+                    f"method {info.name!r} is declared by both plugin {seen[info.name]!r} "
+                    f"and plugin {plugin_name!r}"
+                )
+            seen[info.name] = plugin_name
+            methods.append(info)
+    return methods
+
+
+def _to_method_info(item, plugin_name: str) -> MethodInfo:
+    if isinstance(item, MethodInfo):
+        return dataclasses.replace(item, plugin=plugin_name)
+    if isinstance(item, dict):
+        return MethodInfo(**{**item, "plugin": plugin_name})
+    raise PluginError(
+        f"plugin {plugin_name!r} declared a method as {type(item).__name__}; "
+        "expected labelwise.MethodInfo or a dict"
+    )

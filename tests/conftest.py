@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args, env=None, cwd=None, timeout=600, check=True):
+    """Run ``python *args`` in a subprocess; return the CompletedProcess (text mode)."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, *args], env=full_env, cwd=cwd or ROOT, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"python {' '.join(map(str, args))} failed with {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def dummy_plugin_path(tmp_path_factory):
+    """A real installed third-party distribution (tests/plugins/dummy_dist) in its own folder.
+
+    Installed with pip into a target directory, so it has real ``dist-info`` metadata and
+    entry points, without touching the test environment: put the folder on ``PYTHONPATH`` of
+    a subprocess to "have it installed".
+    """
+    target = tmp_path_factory.mktemp("dummy-plugin-site")
+    src = ROOT / "tests" / "plugins" / "dummy_dist"
+    build = tmp_path_factory.mktemp("dummy-plugin-src")
+    import shutil
+
+    shutil.copytree(src, build, dirs_exist_ok=True)  # keep build artefacts out of the repo
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--no-index", "--target", str(target), str(build)],
+        check=True, capture_output=True, text=True,
+    )
+    assert list(target.glob("labelwise_dummy_plugin-*.dist-info")), "dummy plugin did not install"
+    return target

@@ -1,0 +1,142 @@
+import json
+import os
+import sys
+
+import pytest
+
+import labelwise
+from labelwise.plugin_manager import (
+    BUILTIN_PLUGINS, DISABLE_AUTOLOAD_ENV, MethodInfo, PluginLoadWarning, get_plugin_manager,
+    list_methods,
+)
+from labelwise.errors import PluginError
+from conftest import run_python
+
+
+def test_fresh_manager_each_call_with_builtins():
+    pm1, pm2 = get_plugin_manager(autoload=False), get_plugin_manager(autoload=False)
+    assert pm1 is not pm2
+    names = [name for name, _ in pm1.list_name_plugin()]
+    assert names == list(BUILTIN_PLUGINS)
+
+
+def test_import_labelwise_stays_cheap():
+    code = (
+        "import sys, labelwise; labelwise.list_methods(labelwise.get_plugin_manager()); "
+        "import labelwise.cli; labelwise.cli.build_parser(); "
+        "print(','.join(m for m in ('mmengine','mmpretrain','mmcv','timm','onnxruntime','sklearn') "
+        "if m in sys.modules))"
+    )
+    out = run_python("-c", code).stdout.strip()
+    assert out == ""
+
+
+def test_builtin_methods_declared_with_valid_kinds():
+    methods = list_methods(get_plugin_manager(autoload=False))
+    assert methods, "built-in plugins declare no method"
+    for m in methods:
+        assert m.plugin in BUILTIN_PLUGINS
+        assert m.kind in labelwise.plugin_manager.METHOD_KINDS
+
+
+def test_method_info_rejects_unknown_kind():
+    with pytest.raises(PluginError, match="kind 'optimizer'"):
+        MethodInfo(name="x", summary="y", kind="optimizer")
+
+
+class _BadKindPlugin:
+    @labelwise.hookimpl
+    def labelwise_methods(self):
+        return [{"name": "bad", "summary": "s", "kind": "nonsense"}]
+
+
+class _RaisingPlugin:
+    @labelwise.hookimpl
+    def labelwise_methods(self):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("plugin", [_BadKindPlugin(), _RaisingPlugin()])
+def test_broken_third_party_hook_is_skipped_with_warning(plugin):
+    pm = get_plugin_manager(autoload=False)
+    pm.register(plugin, name="thirdparty")
+    with pytest.warns(PluginLoadWarning, match="'thirdparty'"):
+        methods = list_methods(pm)
+    assert {m.plugin for m in methods} == set(BUILTIN_PLUGINS) & {m.plugin for m in methods}
+    assert [f.name for f in pm.failures] == ["thirdparty"]
+
+
+def test_duplicate_method_name_is_an_error():
+    class Dup:
+        @labelwise.hookimpl
+        def labelwise_methods(self):
+            return [list_methods(get_plugin_manager(autoload=False))[0]]
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Dup(), name="dup")
+    with pytest.raises(PluginError, match="declared by both"):
+        list_methods(pm)
+
+
+def _plugins_json(env):
+    out = run_python("-m", "labelwise", "plugins", "--json", env=env).stdout
+    return json.loads(out)
+
+
+def test_installed_third_party_plugin_is_loaded(dummy_plugin_path):
+    env = {"PYTHONPATH": str(dummy_plugin_path), DISABLE_AUTOLOAD_ENV: ""}
+    proc = run_python("-m", "labelwise", "plugins", "--json", env=env)
+    data = json.loads(proc.stdout)
+    plugin_names = [p["name"] for p in data["plugins"]]
+    assert plugin_names[: len(BUILTIN_PLUGINS)] == list(BUILTIN_PLUGINS)
+    assert "dummy" in plugin_names
+    dummy = [m for m in data["methods"] if m["plugin"] == "dummy"]
+    assert dummy == [{
+        "name": "dummy-l1", "summary": "L1 distance between sigmoid scores and targets (test plugin)",
+        "kind": "loss", "paper": "none", "types": ["labelwise.DummyL1Loss"], "plugin": "dummy",
+    }]
+    dist = {p["name"]: p["distribution"] for p in data["plugins"]}["dummy"]
+    assert dist == "labelwise-dummy-plugin 0.0.1"
+    # the broken entry point is reported by name and does not stop the others
+    assert [f["name"] for f in data["failures"]] == ["broken"]
+    assert "labelwise_dummy_plugin.broken needs a package" in data["failures"][0]["error"]
+    assert "labelwise plugin 'broken' (from labelwise-dummy-plugin 0.0.1) failed" in proc.stderr
+
+
+def test_table_output_lists_third_party_and_failures(dummy_plugin_path):
+    out = run_python("-m", "labelwise", "plugins", env={"PYTHONPATH": str(dummy_plugin_path)}).stdout
+    assert "dummy-l1" in out and "loss" in out
+    assert "Failed plugins (skipped):" in out and "broken" in out
+
+
+def test_env_var_disables_autoload(dummy_plugin_path):
+    data = _plugins_json({"PYTHONPATH": str(dummy_plugin_path), DISABLE_AUTOLOAD_ENV: "1"})
+    assert [p["name"] for p in data["plugins"]] == list(BUILTIN_PLUGINS)
+    assert data["failures"] == []
+
+
+def test_third_party_cli_command(dummy_plugin_path):
+    proc = run_python("-m", "labelwise", "dummy", "--name", "tests",
+                      env={"PYTHONPATH": str(dummy_plugin_path)})
+    assert proc.stdout.strip() == "hello tests from labelwise-dummy-plugin"
+
+
+def test_third_party_type_builds_from_mmpretrain_config(dummy_plugin_path, tmp_path):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(
+        "custom_imports = dict(imports=['labelwise'], allow_failed_imports=False)\n"
+        "default_scope = 'mmpretrain'\n"
+        "loss = dict(type='labelwise.DummyL1Loss', loss_weight=2.0)\n"
+    )
+    code = (
+        "import sys, torch\n"
+        "from mmengine.config import Config\n"
+        "from mmengine.registry import init_default_scope\n"
+        "from mmpretrain.registry import MODELS\n"
+        f"cfg = Config.fromfile({str(cfg)!r})\n"
+        "init_default_scope('mmpretrain')\n"
+        "loss = MODELS.build(cfg.loss)\n"
+        "print(type(loss).__module__, type(loss).__name__, loss.loss_weight)\n"
+    )
+    out = run_python("-c", code, env={"PYTHONPATH": str(dummy_plugin_path)}).stdout.strip().splitlines()[-1]
+    assert out == "labelwise_dummy_plugin.loss DummyL1Loss 2.0"
