@@ -1,0 +1,8 @@
+# Multi-label digit scenes with full labels: which digits are present. Test metric: mAP.
+_base_ = ['../_base_/digits_resnet.py']
+
+model = dict(head=dict(_delete_=True, type='MultiLabelLinearClsHead', num_classes=10, in_channels=256,
+                       loss=dict(type='CrossEntropyLoss', use_sigmoid=True)))
+train_dataloader = dict(dataset=dict(type='MultiLabelDataset', ann_file='multilabel/train.json'))
+test_dataloader = dict(dataset=dict(type='MultiLabelDataset', ann_file='multilabel/test.json'))
+test_evaluator = [dict(type='AveragePrecision'), dict(type='MultiLabelMetric', average='macro')]

@@ -1,0 +1,421 @@
+"""Digit scenes: several real handwritten digits on a cluttered RGB canvas.
+
+The digits are the 1,797 8x8 scans bundled with scikit-learn (``load_digits``, no download).
+A scene is: a random background colour with a linear gradient; low-contrast clutter (line
+strokes, fragments of other digits); ``K ~ U{min_digits..max_digits}`` digits, each upscaled
+(bilinear) to a random height with aspect jitter, tinted with a colour that contrasts with the
+background, placed so that no two boxes overlap by more than ``max_overlap_iou``; and Gaussian
+pixel noise. The *main* digit (the single-label target) is the largest -- its height is at
+least ``main_size_ratio`` times every other digit's -- and is drawn last, never occluded.
+
+Boxes are ``[x1, y1, x2, y2]`` canvas pixels with exclusive ``x2, y2`` (a digit covering
+columns 3..9 has ``x1=3, x2=10``), tight around the pixels the digit paints (upscaled
+intensity above :data:`ALPHA_MIN`; weaker ones are not drawn).
+
+Determinism: the source digits are split between train / val / test by a class-stratified
+shuffle seeded by ``seed`` alone, so the splits use disjoint digit instances. Scene ``i`` of a
+split has its own generator seeded by ``(seed, split, i)``, so it does not depend on how many
+scenes are made; no global random state is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from labelwise.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+NUM_CLASSES = 10
+CLASS_NAMES = tuple(str(c) for c in range(NUM_CLASSES))
+ALPHA_MIN = 0.05  # upscaled digit intensities (0..1) at or below this are not drawn
+
+_MAX_TRIES = 60  # random positions tried per digit size
+_SHRINK = 0.85  # a digit that does not fit is shrunk by this factor (down to digit_size[0])
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Difficulty knobs of the digit-scene generator (defaults: the field values below).
+
+    Args:
+        canvas_size: side of the square RGB canvas, in pixels.
+        min_digits: fewest digits per scene (at least 1).
+        max_digits: most digits per scene. A digit that fits nowhere within
+            ``max_overlap_iou``, even shrunk to ``digit_size[0]``, is left out; with the
+            defaults this never happened in 7,461 placements.
+        digit_size: ``(low, high)`` range of digit heights in pixels (before the tight crop).
+        aspect_jitter: digit width is its height times ``U(1 - j, 1 + j)``.
+        main_size_ratio: the main digit's height is at least this times every other digit's.
+        max_overlap_iou: largest IoU allowed between any two digit boxes (0 = no overlap).
+        background_gradient: largest change of each background channel from the centre to
+            an edge (0..255 units); 0 gives a flat background.
+        clutter: most clutter items (strokes and digit fragments) per scene; the count is
+            uniform in ``[0, clutter]``.
+        clutter_contrast: largest opacity of a clutter item, in (0, 1].
+        noise_std: standard deviation of the Gaussian pixel noise, in 0..255 units.
+        min_contrast: smallest RGB distance (0..441) between a digit's colour and the
+            background colour.
+        source_fractions: fractions of the source digits of each class given to
+            ``(train, val, test)``; they must sum to 1.
+        num_train: number of training scenes.
+        num_val: number of validation scenes.
+        num_test: number of test scenes.
+    """
+
+    canvas_size: int = 64
+    min_digits: int = 1
+    max_digits: int = 4
+    digit_size: tuple[int, int] = (16, 32)
+    aspect_jitter: float = 0.1
+    main_size_ratio: float = 1.2
+    max_overlap_iou: float = 0.15
+    background_gradient: float = 20.0
+    clutter: int = 6
+    clutter_contrast: float = 0.35
+    noise_std: float = 6.0
+    min_contrast: float = 120.0
+    source_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
+    num_train: int = 3000
+    num_val: int = 600
+    num_test: int = 1000
+
+    def __post_init__(self):
+        _check_config(self)
+
+    def num_images(self, split: str) -> int:
+        """Number of scenes of ``split`` (``'train'``, ``'val'`` or ``'test'``)."""
+        return getattr(self, f"num_{check_split(split)}")
+
+    def to_dict(self) -> dict:
+        """The config as a JSON-ready dict (tuples become lists)."""
+        def plain(v):  # numpy scalars and tuples are not JSON
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else np.asarray(v).item()
+
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SceneConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown SceneConfig field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """One generated scene.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB canvas.
+        classes: ``(K,)`` int64 digit class of each object.
+        boxes: ``(K, 4)`` int64 ``[x1, y1, x2, y2]`` per object, exclusive ``x2, y2``.
+        main: index into ``classes`` / ``boxes`` of the main (largest, unoccluded) digit.
+        sources: ``(K,)`` int64 index of each object's digit in ``load_digits()``.
+    """
+
+    image: np.ndarray
+    classes: np.ndarray
+    boxes: np.ndarray
+    main: int
+    sources: np.ndarray
+
+    @property
+    def main_class(self) -> int:
+        """Class of the main digit (the single-label target)."""
+        return int(self.classes[self.main])
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is one of :data:`SPLITS`, else raise :class:`ConfigError`."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return split
+
+
+def check_seed(seed) -> int:
+    """Return ``seed`` if it is a non-negative int, else raise :class:`ConfigError`."""
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def source_split(seed: int, *, fractions=(0.6, 0.15, 0.25)) -> dict[str, np.ndarray]:
+    """Split the ``load_digits()`` instances into disjoint train / val / test pools.
+
+    Args:
+        seed: seed of the class-stratified shuffle.
+        fractions: share of each class's instances for ``(train, val, test)``.
+
+    Returns:
+        ``{split: (M_split,) int64 sorted indices into load_digits()}``; the three are disjoint
+        and together cover every instance.
+    """
+    _, targets = _load_digits()
+    rng = np.random.default_rng([check_seed(seed), 0x5C1])
+    bounds = np.cumsum(fractions)[:2]
+    pools = {s: [] for s in SPLITS}
+    for c in range(NUM_CLASSES):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for s, part in zip(SPLITS, np.split(idx, cuts)):
+            pools[s].append(part)
+    return {s: np.sort(np.concatenate(p)) for s, p in pools.items()}
+
+
+def iter_scenes(config: SceneConfig, *, seed: int, split: str, start: int = 0, stop=None):
+    """Yield the scenes ``start .. stop - 1`` of ``split`` (default: all of them).
+
+    Args:
+        config: the generator settings.
+        seed: dataset seed; the same seed gives the same scenes, byte for byte.
+        split: ``'train'``, ``'val'`` or ``'test'``.
+        start: first scene index.
+        stop: one past the last scene index; defaults to ``config.num_images(split)``.
+
+    Yields:
+        :class:`Scene` objects, in index order.
+    """
+    if not isinstance(config, SceneConfig):
+        raise ConfigError(f"config must be a SceneConfig, got {type(config).__name__}")
+    check_seed(seed)
+    stop = config.num_images(split) if stop is None else stop
+    if not (_is_int(start) and _is_int(stop) and 0 <= start <= stop):
+        raise ConfigError(f"need ints 0 <= start <= stop, got start={start!r}, stop={stop!r}")
+    images, _ = _load_digits()
+    pool = source_split(seed, fractions=config.source_fractions)[split]
+    split_id = SPLITS.index(split)
+    for i in range(start, stop):
+        rng = np.random.default_rng([int(seed), 0x5CE, split_id, i])
+        yield _render_scene(config, rng, images, pool)
+
+
+def generate_scenes(config: SceneConfig, *, seed: int, split: str) -> list[Scene]:
+    """Generate every scene of ``split``; see :func:`iter_scenes` and :class:`SceneConfig`."""
+    return list(iter_scenes(config, seed=seed, split=split))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``(1797, 8, 8)`` float32 intensities in [0, 1] and ``(1797,)`` int64 classes."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    images.setflags(write=False)
+    targets = digits.target.astype(np.int64)
+    targets.setflags(write=False)
+    return images, targets
+
+
+def _check_config(c: SceneConfig) -> None:
+    """Raise :class:`ConfigError` naming the first invalid field, its value and the rule."""
+    try:
+        lo, hi = (float(v) for v in c.digit_size)
+    except (TypeError, ValueError):
+        lo, hi = -1.0, -1.0
+    fr = c.source_fractions
+    ints = ("canvas_size", "min_digits", "max_digits", "clutter", "num_train", "num_val",
+            "num_test")
+    rules = [(name, lambda n=name: _is_int(getattr(c, n)), "an int") for name in ints] + [
+        ("canvas_size", lambda: c.canvas_size >= 8, ">= 8"),
+        ("min_digits", lambda: 1 <= c.min_digits <= c.max_digits, "in [1, max_digits]"),
+        ("digit_size", lambda: 4 <= lo <= hi <= c.canvas_size, "(low, high) in [4, canvas_size]"),
+        ("aspect_jitter", lambda: 0 <= c.aspect_jitter < 0.5, "in [0, 0.5)"),
+        ("main_size_ratio", lambda: 1 <= c.main_size_ratio <= hi / lo, "in [1, high / low]"),
+        ("max_overlap_iou", lambda: 0 <= c.max_overlap_iou <= 1, "in [0, 1]"),
+        ("background_gradient", lambda: 0 <= c.background_gradient <= 255, "in [0, 255]"),
+        ("clutter", lambda: c.clutter >= 0, ">= 0"),
+        ("clutter_contrast", lambda: 0 < c.clutter_contrast <= 1, "in (0, 1]"),
+        ("noise_std", lambda: c.noise_std >= 0, ">= 0"),
+        ("min_contrast", lambda: 0 <= c.min_contrast <= 400, "in [0, 400]"),
+        ("source_fractions", lambda: len(fr) == 3 and min(fr) > 0 and abs(sum(fr) - 1) < 1e-6,
+         "3 positive numbers summing to 1"),
+    ] + [(name, lambda n=name: getattr(c, n) >= 0, ">= 0") for name in ints[-3:]]
+    for name, check, rule in rules:
+        try:
+            ok = bool(check())
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"SceneConfig.{name} must be {rule}, got {getattr(c, name)!r}")
+    if c.max_digits * lo * lo * (1 - c.aspect_jitter) > 0.6 * c.canvas_size**2:
+        raise ConfigError(
+            f"SceneConfig: {c.max_digits} digits of height {lo:g} cannot be placed on a "
+            f"{c.canvas_size}x{c.canvas_size} canvas; lower max_digits or digit_size"
+        )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@functools.lru_cache(maxsize=512)
+def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """``(n_out, n_in)`` float32 weights of 1-D bilinear resampling (half-pixel centres,
+    edge clamped, the ``align_corners=False`` convention of PIL and torch)."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi, frac = np.minimum(lo + 1, n_in - 1), src - lo
+    m, rows = np.zeros((n_out, n_in), dtype=np.float32), np.arange(n_out)
+    m[rows, lo] += 1 - frac
+    m[rows, hi] += frac  # (rows, hi) pairs are unique, so += is safe
+    m.setflags(write=False)
+    return m
+
+
+def _resize(patch: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a 2-D float32 array ``(h, w)`` to ``(height, width)``."""
+    rows = _bilinear_matrix(height, patch.shape[0])
+    cols = _bilinear_matrix(width, patch.shape[1])
+    return rows @ patch @ cols.T
+
+
+def _digit_alpha(digit: np.ndarray, height: int, c: SceneConfig, rng) -> np.ndarray:
+    """Upscaled opacity map ``(h, w)`` of one 8x8 digit, thresholded and tight-cropped."""
+    jitter = rng.uniform(1 - c.aspect_jitter, 1 + c.aspect_jitter)
+    width = min(c.canvas_size, max(3, int(round(height * jitter))))
+    alpha = _resize(digit, height, width)
+    alpha[alpha <= ALPHA_MIN] = 0.0
+    np.clip(alpha, 0.0, 1.0, out=alpha)
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    return alpha[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``(A, B)`` of ``[x1, y1, x2, y2]`` boxes ``(A, 4)`` and ``(B, 4)``."""
+    a, b = boxes_a[:, None, :], boxes_b[None, :, :]
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return ix * iy / (area_a + area_b - ix * iy)
+
+
+def _place(digit, height: float, low: float, placed: np.ndarray, c: SceneConfig, rng):
+    """Position a digit among the ``placed (M, 4)`` boxes, shrinking it when it does not fit.
+
+    Returns ``(box (4,), alpha (h, w))``, or ``None`` when even height ``low`` fails.
+    """
+    size = c.canvas_size
+    while True:
+        alpha = _digit_alpha(digit, int(round(height)), c, rng)
+        h, w = alpha.shape
+        xy = rng.integers(0, [size - w + 1, size - h + 1], size=(_MAX_TRIES, 2))
+        boxes = np.concatenate([xy, xy + [w, h]], axis=1)
+        if len(placed) == 0:
+            return boxes[0], alpha
+        ok = _iou(boxes, placed).max(axis=1) <= c.max_overlap_iou
+        if ok.any():
+            return boxes[int(np.argmax(ok))], alpha
+        if height <= low:
+            return None
+        height = max(low, height * _SHRINK)
+
+
+def _colour_far_from(background: np.ndarray, min_dist: float, rng) -> np.ndarray:
+    for _ in range(100):
+        colour = rng.uniform(0, 255, size=3)
+        if np.linalg.norm(colour - background) >= min_dist:
+            return colour
+    return np.where(background > 127.5, 0.0, 255.0)  # the farthest corner of the RGB cube
+
+
+def _blend(canvas: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: int, y: int) -> None:
+    """Paint ``colour (3,)`` with opacity ``alpha (h, w)`` at ``(x, y)`` of ``canvas (3, H, W)``."""
+    h, w = alpha.shape
+    for ch in range(3):  # channel-first: contiguous inner loops are much faster than (..., 3)
+        region = canvas[ch, y : y + h, x : x + w]
+        region += alpha * (np.float32(colour[ch]) - region)
+
+
+def _draw_stroke(canvas: np.ndarray, rng, colour: np.ndarray, opacity: float) -> None:
+    """A straight line 1 or 2 pixels wide between two random points (possibly off-canvas)."""
+    size = canvas.shape[1]
+    (x0, y0), (x1, y1) = rng.uniform(-size / 4, size * 1.25, size=(2, 2))
+    width = int(rng.integers(1, 3))
+    t = np.linspace(0.0, 1.0, int(np.hypot(x1 - x0, y1 - y0)) + 2)
+    xs, ys = np.rint(x0 + t * (x1 - x0)).astype(int), np.rint(y0 + t * (y1 - y0)).astype(int)
+    if width == 2:  # thicken across the main direction
+        dx, dy = (0, 1) if abs(x1 - x0) >= abs(y1 - y0) else (1, 0)
+        xs, ys = np.concatenate([xs, xs + dx]), np.concatenate([ys, ys + dy])
+    keep = (xs >= 0) & (xs < size) & (ys >= 0) & (ys < size)
+    if not keep.any():
+        return
+    xs, ys = xs[keep], ys[keep]
+    x, y = xs.min(), ys.min()
+    alpha = np.zeros((ys.max() - y + 1, xs.max() - x + 1), dtype=np.float32)
+    alpha[ys - y, xs - x] = opacity
+    _blend(canvas, alpha, colour, int(x), int(y))
+
+
+def _add_clutter(canvas: np.ndarray, c: SceneConfig, rng, images, pool) -> None:
+    """Low-contrast strokes and digit fragments, ``U{0..clutter}`` of them."""
+    size = c.canvas_size
+    for _ in range(int(rng.integers(0, c.clutter + 1))):
+        colour = rng.uniform(0, 255, size=3)
+        opacity = rng.uniform(0.3, 1.0) * c.clutter_contrast
+        if rng.random() < 0.5:  # a random stroke
+            _draw_stroke(canvas, rng, colour, opacity)
+        else:  # a fragment (a quarter at most) of a digit from the same split
+            digit = images[pool[int(rng.integers(len(pool)))]]
+            fh, fw = (int(v) for v in rng.integers(3, 5, 2))
+            fy, fx = (int(v) for v in rng.integers(0, 8 - np.array([fh, fw]) + 1))
+            frag = digit[fy : fy + fh, fx : fx + fw]
+            scale = rng.uniform(c.digit_size[0], c.digit_size[1]) / 8.0
+            h, w = (max(2, min(size, int(round(v * scale)))) for v in (fh, fw))
+            alpha = np.clip(_resize(frag, h, w), 0, 1) * opacity
+            x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            _blend(canvas, alpha, colour, x, y)
+
+
+def _render_scene(c: SceneConfig, rng, images: np.ndarray, pool: np.ndarray) -> Scene:
+    """Draw one scene: background, clutter, digits (main last, on top), noise."""
+    size = c.canvas_size
+    lo, hi = c.digit_size
+    background = rng.uniform(0, 255, size=3).astype(np.float32)
+    ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    gradient = cos * ramp[None, :] + sin * ramp[:, None]
+    tilt = rng.uniform(-1, 1, size=3).astype(np.float32) * np.float32(c.background_gradient)
+    canvas = background[:, None, None] + tilt[:, None, None] * gradient[None]  # (3, H, W)
+    np.clip(canvas, 0, 255, out=canvas)
+    _add_clutter(canvas, c, rng, images, pool)
+
+    k = int(rng.integers(c.min_digits, c.max_digits + 1))
+    sources = pool[rng.integers(0, len(pool), size=k)]
+    main_h = rng.uniform(min(hi, lo * c.main_size_ratio), hi)
+    placed = []  # (box, alpha, source), main digit first
+    for j, src in enumerate(sources):
+        height = main_h if j == 0 else rng.uniform(lo, max(lo, main_h / c.main_size_ratio))
+        boxes = np.array([b for b, _, _ in placed], dtype=np.int64).reshape(-1, 4)
+        result = _place(images[src], height, main_h if j == 0 else lo, boxes, c, rng)
+        if result is not None:  # a digit that fits nowhere, even shrunk, is left out (rare)
+            placed.append((*result, src))
+
+    colours = [_colour_far_from(background, c.min_contrast, rng) for _ in placed]
+    for (box, alpha, _), colour in list(zip(placed, colours))[::-1]:  # main digit drawn last
+        _blend(canvas, alpha, colour, int(box[0]), int(box[1]))
+    if c.noise_std > 0:
+        canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(c.noise_std)
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    order = rng.permutation(len(placed))  # objects are stored in random order
+    _, targets = _load_digits()
+    srcs = np.array([placed[o][2] for o in order], dtype=np.int64)
+    return Scene(
+        image=np.ascontiguousarray(image),
+        classes=targets[srcs].copy(),
+        boxes=np.array([placed[o][0] for o in order], dtype=np.int64).reshape(-1, 4),
+        main=int(np.flatnonzero(order == 0)[0]),
+        sources=srcs,
+    )

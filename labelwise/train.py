@@ -1,0 +1,137 @@
+"""Baseline training on the digit scenes, through mmpretrain's Runner or timm + the plain loop.
+
+This is what ``labelwise train`` and the demo run; each method later adds its own variant.
+Metrics are computed on the fully and correctly labelled test split: top-1 accuracy (%) for
+single-label regimes (``single``, ``noisy-*``), mAP (%) for multi-label ones (``multilabel``,
+``partial-*``; the partial baseline is "assume negative": unknown labels train as negatives).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from labelwise.errors import ConfigError, DataError
+from labelwise.utils.fileio import write_json
+
+FRAMEWORKS = ("mmpretrain", "timm")
+METRICS_FILE = "metrics.json"
+
+
+def baseline_config_name(regime: str) -> str:
+    """The built-in mmpretrain config of a regime directory name."""
+    from labelwise.data import Regime
+
+    kind = Regime.from_name(regime).kind
+    return {"single": "baseline/digits_single", "noisy": "baseline/digits_noisy",
+            "multilabel": "baseline/digits_multilabel", "partial": "baseline/digits_partial"}[kind]
+
+
+def train_baseline(
+    framework: str,
+    *,
+    data_root,
+    regime: str,
+    work_dir,
+    seed: int = 0,
+    epochs: int = 12,
+    batch_size: int = 64,
+    lr: float = 0.1,
+    config: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train a narrow ResNet-18 (64 px) on one regime and evaluate it on the test split.
+
+    Args:
+        framework: ``'mmpretrain'`` (mmengine Runner with a built-in or given config) or
+            ``'timm'`` (``timm.create_model`` + a ``timm.task`` task + :func:`labelwise.adapters.loop.fit`).
+        data_root: dataset root from ``labelwise data make``.
+        regime: regime directory, e.g. ``'single'`` or ``'partial-p0.3'``.
+        work_dir: output folder; ``metrics.json`` is written there. An existing
+            ``metrics.json`` is refused unless ``overwrite``.
+        seed: seed of model initialisation, data order and augmentation.
+        epochs, batch_size, lr: the schedule (SGD + Nesterov, warm-up then cosine).
+        config: mmpretrain only: a config file or built-in name (default: the regime's
+            ``baseline/digits_*`` config).
+        overwrite: replace the results of a previous run in ``work_dir``.
+        progress: show progress bars (timm) / log lines (mmpretrain).
+
+    Returns:
+        ``{"framework", "regime", "seed", "epochs", "metric", "value", "seconds", ...}``.
+    """
+    from labelwise.data import Regime, load_manifest
+
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"unknown framework {framework!r}; valid: {', '.join(FRAMEWORKS)}")
+    manifest = load_manifest(data_root)
+    if regime not in manifest["regime_dirs"]:
+        raise ConfigError(f"regime {regime!r} is not in {data_root}; available: {', '.join(manifest['regime_dirs'])}")
+    work_dir = Path(work_dir)
+    if (work_dir / METRICS_FILE).exists() and not overwrite:
+        raise DataError(f"{work_dir / METRICS_FILE} exists: a finished run is there (use another work dir or overwrite)")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    multi_label = not Regime.from_name(regime).is_single_label
+    start = time.perf_counter()
+    if framework == "mmpretrain":
+        value = _train_mmpretrain(config or baseline_config_name(regime), data_root, regime, work_dir,
+                                  seed, epochs, batch_size, lr, multi_label)
+    else:
+        value = _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label, progress)
+    result = {
+        "framework": framework, "regime": regime, "seed": seed, "epochs": epochs,
+        "metric": "mAP" if multi_label else "top1", "value": round(value, 4),
+        "seconds": round(time.perf_counter() - start, 1), "data_root": str(data_root),
+    }
+    write_json(work_dir / METRICS_FILE, result)
+    return result
+
+
+def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label) -> float:
+    from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
+
+    kind = "json" if multi_label else "txt"
+    options = {
+        "train_dataloader.batch_size": batch_size,
+        "optim_wrapper.optimizer.lr": lr,
+        "train_dataloader.dataset.ann_file": f"{regime}/train.{kind}",
+        # the test split of every regime is fully and correctly labelled
+        "test_dataloader.dataset.ann_file": f"{'multilabel' if multi_label else 'single'}/test.{kind}",
+    }
+    cfg = load_config(config, work_dir=work_dir / "mmpretrain", data_root=data_root, seed=seed,
+                      epochs=epochs, cfg_options=options)
+    metrics = train_and_test(cfg)
+    key = "multi-label/mAP" if multi_label else "accuracy/top1"
+    if key not in metrics:
+        raise DataError(f"the test evaluator of {config} did not report {key!r}; it reported {sorted(metrics)}")
+    return float(metrics[key])
+
+
+def _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label, progress) -> float:
+    import torch
+    from timm.task import ClassificationTask, MultiLabelClassificationTask
+
+    from labelwise.adapters.loop import fit, predict
+    from labelwise.checkpoint import save_checkpoint
+    from labelwise.adapters.timm import create_digits_model
+    from labelwise.adapters.torch_data import DigitScenesDataset, digits_transform
+    from labelwise.metrics import mean_average_precision, top1_accuracy
+
+    generator = torch.Generator().manual_seed(seed)  # data order and augmentation
+    train = DigitScenesDataset(data_root, regime, "train", transform=digits_transform(train=True),
+                               unknown_as="negative")
+    test = DigitScenesDataset(data_root, "multilabel" if multi_label else "single", "test",
+                              transform=digits_transform(train=False))
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         num_workers=2, generator=generator, persistent_workers=True)
+    with torch.random.fork_rng():  # timm initialises from the global generator: seed it locally
+        torch.manual_seed(seed)
+        model = create_digits_model(num_classes=10)
+    if multi_label:
+        task = MultiLabelClassificationTask(model, torch.nn.BCEWithLogitsLoss(), verbose=False)
+    else:
+        task = ClassificationTask(model, torch.nn.CrossEntropyLoss(), verbose=False)
+    history = fit(task, loader, epochs=epochs, lr=lr, progress=progress)
+    save_checkpoint({"state_dict": model.state_dict(), "train_loss": history}, work_dir / "model.pth")
+    scores, targets = predict(model, torch.utils.data.DataLoader(test, batch_size=256, num_workers=2))
+    return mean_average_precision(scores, targets) if multi_label else top1_accuracy(scores, targets)
+
