@@ -52,7 +52,7 @@ def check_partial_labels(labels, *, name: str = "labels", num_classes: int | Non
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise DataError(
-            f"{name}: label at row {row}, class {col} is {arr[row, col]!r}; "
+            f"{name}: label at row {row}, class {col} is {arr[row, col].item()!r}; "
             "expected 1 (positive), 0 (negative), -1 or NaN (unknown)"
         )
     return values.astype(np.int8)

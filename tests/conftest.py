@@ -44,3 +44,15 @@ def dummy_plugin_path(tmp_path_factory):
     )
     assert list(target.glob("labelwise_dummy_plugin-*.dist-info")), "dummy plugin did not install"
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(tmp_path_factory):
+    """A small digit-scenes dataset with every regime (shared by the tests; read-only)."""
+    import dataclasses
+
+    from labelwise.data import SceneConfig, make_dataset
+
+    config = dataclasses.replace(SceneConfig(), num_train=160, num_val=40, num_test=80)
+    root = tmp_path_factory.mktemp("digits") / "data"
+    return make_dataset(root, config=config, seed=0, p=(0.3,), r=(0.2,), progress=False)

@@ -14,7 +14,7 @@ Example::
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     task = ClassificationTask(model, torch.nn.CrossEntropyLoss(), verbose=False)
-    fit(task, train_loader, epochs=10, lr=0.05)
+    fit(task, train_loader, epochs=10)
     scores, targets = predict(model, test_loader)
 """
 from __future__ import annotations
@@ -30,14 +30,15 @@ def fit(
     loader,
     *,
     epochs: int,
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    warmup_epochs: float = 0.5,
+    lr: float = 0.002,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 1.0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> list[float]:
-    """Train ``task`` with SGD (Nesterov) and a warm-up + cosine learning-rate schedule.
+    """Train ``task`` with AdamW and a linear warm-up + cosine learning-rate schedule.
+
+    The optimiser settings of the built-in mmpretrain configs (``configs/_base_/digits_resnet.py``).
 
     Args:
         task: a module whose ``forward(input, target)`` returns ``{'loss': ..., 'output': ...}``
@@ -47,7 +48,7 @@ def fit(
             tensors, moved to ``device`` as a whole.
         epochs: number of passes over ``loader``.
         lr: peak learning rate, reached after ``warmup_epochs`` and decayed to 0 by a cosine.
-        momentum, weight_decay: SGD settings.
+        weight_decay: AdamW's decoupled weight decay.
         warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
         device: where to train.
         progress: show a tqdm progress bar per epoch.
@@ -59,7 +60,7 @@ def fit(
 
     task.to(device).train()
     params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = epochs * len(loader)
     warmup = max(1, int(warmup_epochs * len(loader)))
 

@@ -70,7 +70,7 @@ class DigitScenesDataset(Dataset):
         return image, self.targets[index]
 
 
-def digits_transform(*, train: bool, size: int = 64, scale=(0.35, 1.0)):
+def digits_transform(*, train: bool, size: int = 64, scale=(0.5, 1.0)):
     """torchvision transform matching the mmpretrain configs.
 
     Train: ``RandomResizedCrop(size, scale)`` (no flip: mirrored digits are other shapes);

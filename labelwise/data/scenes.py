@@ -33,6 +33,7 @@ NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(c) for c in range(NUM_CLASSES))
 ALPHA_MIN = 0.05  # upscaled digit intensities (0..1) at or below this are not drawn
 
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
 _MAX_TRIES = 60  # random positions tried per digit size
 _SHRINK = 0.85  # a digit that does not fit is shrunk by this factor (down to digit_size[0])
 
@@ -57,6 +58,14 @@ class SceneConfig:
             uniform in ``[0, clutter]``.
         clutter_contrast: largest opacity of a clutter item, in (0, 1].
         noise_std: standard deviation of the Gaussian pixel noise, in 0..255 units.
+        background_max: largest value (0..255) of each channel of the background's base
+            colour, so backgrounds are darker than the digits drawn on them.
+        colour_jitter: largest deviation (0..255) of a channel from the grey level of the
+            background and of each digit: colours are tinted greys, so shape, not colour, is
+            the thing to learn.
+        min_luminance_gap: smallest amount (0..255) by which a digit's luminance exceeds the
+            background's: digits are always lighter than their background (a fixed polarity
+            keeps shape, not colour, the thing to learn).
         min_contrast: smallest RGB distance (0..441) between a digit's colour and the
             background colour.
         source_fractions: fractions of the source digits of each class given to
@@ -68,18 +77,21 @@ class SceneConfig:
 
     canvas_size: int = 64
     min_digits: int = 1
-    max_digits: int = 4
-    digit_size: tuple[int, int] = (16, 32)
+    max_digits: int = 3
+    digit_size: tuple[int, int] = (20, 36)
     aspect_jitter: float = 0.1
     main_size_ratio: float = 1.2
     max_overlap_iou: float = 0.15
+    background_max: float = 110.0
+    colour_jitter: float = 40.0
     background_gradient: float = 20.0
-    clutter: int = 6
+    clutter: int = 3
     clutter_contrast: float = 0.35
     noise_std: float = 6.0
     min_contrast: float = 120.0
+    min_luminance_gap: float = 60.0
     source_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
-    num_train: int = 3000
+    num_train: int = 5000
     num_val: int = 600
     num_test: int = 1000
 
@@ -232,6 +244,9 @@ def _check_config(c: SceneConfig) -> None:
         ("aspect_jitter", lambda: 0 <= c.aspect_jitter < 0.5, "in [0, 0.5)"),
         ("main_size_ratio", lambda: 1 <= c.main_size_ratio <= hi / lo, "in [1, high / low]"),
         ("max_overlap_iou", lambda: 0 <= c.max_overlap_iou <= 1, "in [0, 1]"),
+        ("background_max", lambda: 0 <= c.background_max <= 255, "in [0, 255]"),
+        ("colour_jitter", lambda: 0 <= c.colour_jitter <= 255, "in [0, 255]"),
+        ("min_luminance_gap", lambda: 0 <= c.min_luminance_gap <= 255, "in [0, 255]"),
         ("background_gradient", lambda: 0 <= c.background_gradient <= 255, "in [0, 255]"),
         ("clutter", lambda: c.clutter >= 0, ">= 0"),
         ("clutter_contrast", lambda: 0 < c.clutter_contrast <= 1, "in (0, 1]"),
@@ -321,12 +336,22 @@ def _place(digit, height: float, low: float, placed: np.ndarray, c: SceneConfig,
         height = max(low, height * _SHRINK)
 
 
-def _colour_far_from(background: np.ndarray, min_dist: float, rng) -> np.ndarray:
+def _luminance(colour: np.ndarray) -> float:
+    return float(np.dot(_LUMA, colour))
+
+
+def _tinted_grey(level: float, jitter: float, rng) -> np.ndarray:
+    return np.clip(level + rng.uniform(-jitter, jitter, size=3), 0, 255)
+
+
+def _colour_far_from(background: np.ndarray, min_dist: float, min_gap: float, jitter: float, rng) -> np.ndarray:
+    """A tinted grey at least ``min_dist`` from ``background`` and ``min_gap`` lighter."""
+    floor = _luminance(background) + min_gap
     for _ in range(100):
-        colour = rng.uniform(0, 255, size=3)
-        if np.linalg.norm(colour - background) >= min_dist:
+        colour = _tinted_grey(rng.uniform(floor, 255), jitter, rng)
+        if np.linalg.norm(colour - background) >= min_dist and _luminance(colour) >= floor:
             return colour
-    return np.where(background > 127.5, 0.0, 255.0)  # the farthest corner of the RGB cube
+    return np.full(3, 255.0)  # white: the lightest colour there is
 
 
 def _blend(canvas: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: int, y: int) -> None:
@@ -381,7 +406,7 @@ def _render_scene(c: SceneConfig, rng, images: np.ndarray, pool: np.ndarray) -> 
     """Draw one scene: background, clutter, digits (main last, on top), noise."""
     size = c.canvas_size
     lo, hi = c.digit_size
-    background = rng.uniform(0, 255, size=3).astype(np.float32)
+    background = _tinted_grey(rng.uniform(0, c.background_max), c.colour_jitter, rng).astype(np.float32)
     ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
@@ -402,7 +427,8 @@ def _render_scene(c: SceneConfig, rng, images: np.ndarray, pool: np.ndarray) -> 
         if result is not None:  # a digit that fits nowhere, even shrunk, is left out (rare)
             placed.append((*result, src))
 
-    colours = [_colour_far_from(background, c.min_contrast, rng) for _ in placed]
+    colours = [_colour_far_from(background, c.min_contrast, c.min_luminance_gap, c.colour_jitter, rng)
+               for _ in placed]
     for (box, alpha, _), colour in list(zip(placed, colours))[::-1]:  # main digit drawn last
         _blend(canvas, alpha, colour, int(box[0]), int(box[1]))
     if c.noise_std > 0:

@@ -75,9 +75,20 @@ def _set_data_root(dataset_cfg, data_root: str) -> None:
 
 
 def train_and_test(cfg: Config) -> dict:
-    """Train with ``Runner.from_cfg(cfg)`` and return the test metrics of the final model."""
+    """Train with ``Runner.from_cfg(cfg)`` and return the test metrics of the final model.
+
+    Raises:
+        ConfigError: the config names a type no registry knows (the message names the config
+            file and the type).
+    """
     from mmengine.runner import Runner
 
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return dict(runner.test())
+    try:
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        return dict(runner.test())
+    except KeyError as exc:
+        message = str(exc.args[0]) if exc.args else ""
+        if " registry" not in message:
+            raise
+        raise ConfigError(f"{cfg.filename}: {message.split('. Please check')[0]}") from exc
