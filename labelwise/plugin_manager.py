@@ -128,7 +128,7 @@ def call_each(pm: LabelwisePluginManager, hook_name: str, **kwargs):
     recorded in ``pm.failures``); a failing built-in raises, since that is a labelwise bug.
     """
     caller = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):  # registration order
+    for impl in caller.get_hookimpls():  # registration order: built-ins first
         args = {name: kwargs[name] for name in impl.argnames}
         try:
             yield impl.plugin_name, impl.function(**args)

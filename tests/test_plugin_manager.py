@@ -140,3 +140,11 @@ def test_third_party_type_builds_from_mmpretrain_config(dummy_plugin_path, tmp_p
     )
     out = run_python("-c", code, env={"PYTHONPATH": str(dummy_plugin_path)}).stdout.strip().splitlines()[-1]
     assert out == "labelwise_dummy_plugin.loss DummyL1Loss 2.0"
+
+
+def test_commands_and_methods_come_in_registration_order(dummy_plugin_path):
+    out = run_python("-m", "labelwise", "--help", env={"PYTHONPATH": str(dummy_plugin_path)}).stdout
+    positions = [out.index(f"\n    {name} ") for name in ("plugins", "data", "train", "demo", "dummy")]
+    assert positions == sorted(positions)
+    data = _plugins_json({"PYTHONPATH": str(dummy_plugin_path)})
+    assert data["methods"][-1]["plugin"] == "dummy"
