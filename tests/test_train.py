@@ -113,3 +113,19 @@ def test_timm_model_matches_mmpretrain_backbone_size():
     mm_params = sum(p.numel() for p in ResNet(depth=18, stem_channels=64, base_channels=32).parameters())
     assert timm_params == mm_params + 256 * 10 + 10  # + the linear head
     assert create_digits_model()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_partial_labels_reach_the_data_sample(tiny_digits):
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+
+    from labelwise.data import load_regime
+
+    init_default_scope("mmpretrain")
+    ds = DATASETS.build(dict(
+        type="labelwise.PartialMultiLabelDataset", data_root=str(tiny_digits), ann_file="partial-p0.3/train.json",
+        data_prefix="", pipeline=[dict(type="LoadImageFromFile"), dict(type="PackInputs", algorithm_keys=["partial_labels"])]))
+    expected = load_regime(tiny_digits, "partial-p0.3", "train").labels
+    sample = ds[5]["data_samples"]
+    assert np.array_equal(np.asarray(sample.partial_labels), expected[5])
+    assert sorted(sample.gt_label.tolist()) == np.flatnonzero(expected[5] == 1).tolist()
