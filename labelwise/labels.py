@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelwise.errors import DataError
+from labelwise.errors import ConfigError, DataError
 
 POSITIVE = 1
 NEGATIVE = 0
@@ -65,8 +65,6 @@ def known_mask(labels: np.ndarray) -> np.ndarray:
 
 def check_probability(value: float, *, name: str) -> float:
     """Return ``value`` as a float if it lies in [0, 1], else raise :class:`ConfigError`."""
-    from labelwise.errors import ConfigError
-
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for CLIs)
+from mmengine.config import Config
 
 from labelwise.errors import ConfigError
 
