@@ -19,7 +19,7 @@ def run_demo(out_dir, *, full: bool = False, tiny: bool = False, log=None) -> li
     Returns:
         The :func:`labelwise.train.summarize` rows.
     """
-    from labelwise.data import SceneConfig, make_dataset
+    from labelwise.data import SceneConfig, load_manifest, make_dataset
     from labelwise.train import format_table, run_grid, summarize
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -33,10 +33,8 @@ def run_demo(out_dir, *, full: bool = False, tiny: bool = False, log=None) -> li
     log(f"labelwise demo: data -> {out / 'data'}")
     data_root = make_dataset(out / "data", config=config, seed=0, progress=True)
     if full:
-        plan = [("mmpretrain", ["single", "multilabel", "partial-p0.1", "partial-p0.3", "partial-p0.5",
-                                "noisy-symmetric-r0.2", "noisy-symmetric-r0.4", "noisy-pairflip-r0.2",
-                                "noisy-pairflip-r0.4"], [0, 1, 2]),
-                ("timm", ["single", "multilabel"], [0, 1, 2])]
+        every_regime = load_manifest(data_root)["regime_dirs"]
+        plan = [("mmpretrain", every_regime, [0, 1, 2]), ("timm", ["single", "multilabel"], [0, 1, 2])]
     else:
         plan = [("mmpretrain", ["single", "partial-p0.3"], [0]), ("timm", ["single"], [0])]
     results = []
