@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "labelwise.plugins.core",
     "labelwise.plugins.data",
     "labelwise.plugins.baseline",
+    "labelwise.plugins.pumlc",
     # one line per method plugin (labelwise/plugins/<method>/__init__.py)
 )
 #: Valid values of :attr:`MethodInfo.kind`.
