@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = (
     "labelwise.plugins.data",
     "labelwise.plugins.baseline",
     "labelwise.plugins.pumlc",
+    "labelwise.plugins.labelpool",
     # one line per method plugin (labelwise/plugins/<method>/__init__.py)
 )
 #: Valid values of :attr:`MethodInfo.kind`.
