@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "labelwise.plugins.baseline",
     "labelwise.plugins.pumlc",
     "labelwise.plugins.labelpool",
+    "labelwise.plugins.cleannet",
     # one line per method plugin (labelwise/plugins/<method>/__init__.py)
 )
 #: Valid values of :attr:`MethodInfo.kind`.
