@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = (
     "labelwise.plugins.pumlc",
     "labelwise.plugins.labelpool",
     "labelwise.plugins.cleannet",
+    "labelwise.plugins.refinery",
     # one line per method plugin (labelwise/plugins/<method>/__init__.py)
 )
 #: Valid values of :attr:`MethodInfo.kind`.
