@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "labelwise.plugins.labelpool",
     "labelwise.plugins.cleannet",
     "labelwise.plugins.refinery",
+    "labelwise.plugins.cft",
     # one line per method plugin (labelwise/plugins/<method>/__init__.py)
 )
 #: Valid values of :attr:`MethodInfo.kind`.

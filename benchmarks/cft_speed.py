@@ -1,0 +1,150 @@
+"""CFT speed on a synthetic input like the reference measurement; prints a markdown table.
+
+    python benchmarks/cft_speed.py                       # GA, BP, best at the reference schedule
+    python benchmarks/cft_speed.py --coco                # + C 80, D 2048, 40k/10k/10k rows
+    python benchmarks/cft_speed.py --device cuda --coco  # on a GPU
+
+Input (`labelwise.plugins.cft.synthetic.make_synthetic_problem`): N_train 5000, N_val 2000,
+N_test 2000, D 512, C 20, prevalence 2-30 %, 50 % of train/val labels unknown, head trained
+with assume-negative + asymmetric loss. Schedule: population 50, epochs 5000, early stopping
+300. Test mAP is on the fully labelled test rows.
+
+The "reference-style" row evaluates fitness as the reference code does, with a Python loop of
+one metric call per individual per category (scikit-learn's average_precision_score, whose
+ties match) over the same population logits, for --reference-generations generations; its
+total is EXTRAPOLATED to the category-generations the batched GA actually ran.
+
+Results are cached in --out (one JSON per run), so an interrupted benchmark resumes.
+"""
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelwise.metrics import mean_average_precision
+from labelwise.plugins.cft.calibrate import fit_calibrated_head
+from labelwise.plugins.cft.engine import CategoryRows
+from labelwise.plugins.cft.options import CFTOptions
+from labelwise.plugins.cft.synthetic import make_synthetic_problem
+from labelwise.utils.fileio import write_json
+
+KEYS = ("train_features", "train_labels", "val_features", "val_labels", "test_features", "test_labels", "weight", "bias")
+
+
+def problem(out: Path, name: str, **kw) -> dict:
+    path = out / f"{name}.npz"
+    if not path.exists():
+        p = make_synthetic_problem(**kw)
+        tmp = out / f".{name}.tmp.npz"
+        np.savez(tmp, **p)
+        tmp.replace(path)
+    with np.load(path) as f:
+        return {k: f[k] for k in KEYS}
+
+
+def test_map(p, weight, bias) -> float:
+    return mean_average_precision(p["test_features"] @ np.asarray(weight).T + np.asarray(bias), p["test_labels"])
+
+
+def run_mode(out, name, p, mode, args) -> dict:
+    path = out / f"{name}-{mode}-{args.device}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    options = CFTOptions(optimizer=mode, epochs=args.epochs, early_stopping=args.early_stopping or None,
+                         population=args.population, threads=args.threads)
+    result = fit_calibrated_head(p["train_features"], p["train_labels"], p["val_features"], p["val_labels"],
+                                 p["weight"], p["bias"], options=options, device=args.device, progress=not args.quiet)
+    gens = {opt: sum(r[opt]["epochs_run"] for r in result.categories if opt in r) for opt in options.optimizers}
+    row = {"mode": mode, "seconds": result.seconds, "category_epochs": gens,
+           "test_map_before": test_map(p, p["weight"], p["bias"]), "test_map_after": test_map(p, result.weight, result.bias),
+           "val_before": result.summary()["mean_score_before"], "val_after": result.summary()["mean_score_after"],
+           "chosen": result.summary()["chosen"]}
+    write_json(path, row)
+    return row
+
+
+def reference_style(p, generations, population) -> float:
+    """Seconds per category-generation with one sklearn AP call per individual."""
+    from sklearn.metrics import average_precision_score
+
+    x = torch.from_numpy(p["train_features"])
+    rows = torch.cat([torch.from_numpy(p["weight"]), torch.from_numpy(p["bias"])[:, None]], 1)
+    cats = []
+    for c in range(rows.shape[0]):
+        known = p["train_labels"][:, c] >= 0
+        y = p["train_labels"][known, c]
+        cats.append((CategoryRows(x, torch.from_numpy(np.flatnonzero(known)), y == 1, cache=True, chunk_rows=1 << 16), y))
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(generations):
+        for c, (data, y) in enumerate(cats):
+            pop = rows[c].repeat(population, 1) + (torch.rand(population, rows.shape[1], generator=g) - 0.5) * 2e-3
+            scores = data.scores(pop).numpy()
+            _ = [average_precision_score(y, s) for s in scores]
+    return (time.perf_counter() - start) / (generations * len(cats))
+
+
+def sort_timings() -> dict:
+    a = np.random.default_rng(0).standard_normal((1000, 2500)).astype(np.float32)
+    t = torch.from_numpy(a)
+    out = {}
+    for name, fn in (("numpy np.sort", lambda: np.sort(a, axis=1)), ("torch.sort", lambda: torch.sort(t, dim=1))):
+        fn()
+        times = []
+        for _ in range(5):
+            s = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - s)
+        out[name] = min(times) * 1e3
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/bench-cft-speed")
+    parser.add_argument("--modes", default="ga,bp,best")
+    parser.add_argument("--epochs", type=int, default=5000)
+    parser.add_argument("--early-stopping", type=int, default=300, help="0: none")
+    parser.add_argument("--population", type=int, default=50)
+    parser.add_argument("--reference-generations", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--coco", action="store_true", help="also C 80, D 2048, N 40000/10000/10000 (GA only)")
+    parser.add_argument("--small", action="store_true", help="a smoke run on a tiny input (numbers meaningless)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = dict(n_train=400, n_val=200, n_test=200, dim=32, num_classes=4) if args.small else {}
+    inputs = [("synthetic-c20" + ("-small" if args.small else ""), size, args.modes.split(","))]
+    if args.coco:
+        inputs.append(("synthetic-c80-d2048", dict(n_train=40000, n_val=10000, n_test=10000, dim=2048, num_classes=80,
+                                                   prevalence=(0.005, 0.2), head_steps=100), ["ga"]))
+    print(f"machine: {platform.processor() or platform.machine()}, {args.device}, torch {torch.__version__}, "
+          f"{args.threads or torch.get_num_threads()} threads; schedule: population {args.population}, epochs "
+          f"{args.epochs}, early stopping {args.early_stopping}")
+    print("sort of (1000, 2500) float32 rows: " + ", ".join(f"{k} {v:.1f} ms" for k, v in sort_timings().items()))
+    print("\n| input | optimiser | wall s | category-generations | ms / category-generation | test mAP before -> after |")
+    print("|---|---|---|---|---|---|")
+    for name, kw, modes in inputs:
+        p = problem(out, name, **kw)
+        for mode in modes:
+            r = run_mode(out, name, p, mode, args)
+            gens = sum(r["category_epochs"].values())
+            print(f"| {name} | {mode} | {r['seconds']:.1f} | {gens} | {1e3 * r['seconds'] / gens:.2f} | "
+                  f"{r['test_map_before']:.2f} -> {r['test_map_after']:.2f} |")
+            if mode == "ga" and args.reference_generations and args.device == "cpu":
+                per = reference_style(p, args.reference_generations, args.population)
+                ga_gens = r["category_epochs"]["ga"]
+                print(f"| {name} | reference-style GA (sklearn loop), EXTRAPOLATED from "
+                      f"{args.reference_generations} generations | {per * ga_gens:.1f} (extrapolated) | {ga_gens} | "
+                      f"{1e3 * per:.2f} | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""CFT for mmpretrain: a post-training hook and calibration of an already-trained checkpoint.
+
+Features are the classifier's ``head.pre_logits(extract_feat(inputs))`` in eval mode, computed
+with the config's **test** pipeline (no augmentation) on a training split (CFT's fitting data)
+and a validation split (selection). The final layer is ``head.fc`` (an ``nn.Linear``, as in
+``LinearClsHead`` and ``MultiLabelLinearClsHead``). Labels: a
+:class:`~labelwise.adapters.mmpretrain.datasets.PartialMultiLabelDataset` gives 1 / 0 / -1;
+any other multi-label dataset gives fully known labels (its ``gt_label`` positives, the rest
+negatives).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from torch import nn
+
+from labelwise.errors import CheckpointError, ConfigError
+from labelwise.plugins.cft.options import CFTOptions
+
+__all__ = ["CFTHook", "calibrate_checkpoint", "calibrate_model", "extract_features"]
+
+CALIBRATED_CHECKPOINT = "calibrated.pth"
+FULL_ONNX = "cft_model.onnx"
+
+
+class CFTHook(Hook):
+    """Run CFT after training and write the calibrated head (``type='labelwise.CFTHook'``).
+
+    After ``runner.train()`` finishes, features of ``train_ann`` and ``val_ann`` are extracted
+    with the test pipeline, CFT calibrates ``model.head.fc``, and rank 0 writes into
+    ``out_dir``: ``calibrated.pth`` (the model's state dict with the calibrated layer),
+    ``cft_head.npz``, ``cft_report.json``, ``cft_scores.png`` and ``cft_head.onnx`` (plus
+    ``cft_model.onnx``, backbone + calibrated head, with ``full_onnx=True``). Under a
+    distributed launcher, feature extraction and categories are split over the ranks.
+
+    Example::
+
+        custom_hooks = [dict(type='labelwise.CFTHook', val_ann='partial-p0.3/val.json',
+                             options=dict(optimizer='best', epochs=5000, early_stopping=300))]
+
+    Args:
+        train_ann: annotation file (relative to the dataset's ``data_root``) of CFT's
+            training split. Default ``None``: the train dataloader's dataset.
+        val_ann: annotation file of the validation split. Default ``None``: the val
+            dataloader's dataset, else an error (CFT needs a validation split).
+        options: keyword arguments of :class:`~labelwise.plugins.cft.options.CFTOptions`
+            (default: the reference schedule).
+        out_dir: output folder. Default ``None``: ``<work_dir>/cft``.
+        apply: also load the calibrated layer into the runner's model (so a following
+            ``runner.test()`` evaluates it). Default False.
+        onnx: export the calibrated head to ONNX. Default True.
+        full_onnx: also export backbone + calibrated head as one graph. Default False.
+        plot: write the PNG plot. Default True.
+        batch_size: feature-extraction batch size. Default 64.
+        progress: show progress bars. Default True.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, *, train_ann: str | None = None, val_ann: str | None = None, options: dict | None = None,
+                 out_dir: str | None = None, apply: bool = False, onnx: bool = True, full_onnx: bool = False,
+                 plot: bool = True, batch_size: int = 64, progress: bool = True):
+        self.train_ann, self.val_ann = train_ann, val_ann
+        self.options = CFTOptions(**(options or {}))
+        self.out_dir, self.apply, self.onnx, self.full_onnx, self.plot = out_dir, apply, onnx, full_onnx, plot
+        self.batch_size, self.progress = batch_size, progress
+
+    def after_train(self, runner) -> None:
+        cfg = runner.cfg
+        train_ds = _dataset_cfg(cfg, "train_dataloader", self.train_ann, what="train_ann")
+        val_ds = _dataset_cfg(cfg, "val_dataloader", self.val_ann, what="val_ann")
+        out = Path(self.out_dir) if self.out_dir else Path(runner.work_dir) / "cft"
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        summary = calibrate_model(model, cfg, train_ds, val_ds, out, options=self.options, apply=self.apply,
+                                  onnx=self.onnx, full_onnx=self.full_onnx, plot=self.plot,
+                                  batch_size=self.batch_size, progress=self.progress,
+                                  source=str(getattr(runner, "_load_from", "") or "runner"))
+        runner.logger.info(f"CFT: mean validation {self.options.metric} {summary['mean_score_before']} -> "
+                           f"{summary['mean_score_after']}; changed {summary['changed']}; wrote {out}")
+
+
+def _dataset_cfg(cfg, loader_key: str, ann_file: str | None, *, what: str) -> dict:
+    loader = cfg.get(loader_key)
+    if not loader and loader_key == "val_dataloader" and ann_file:
+        loader = cfg.get("train_dataloader")  # same dataset type (partial labels) and root, other file
+    if not loader:
+        raise ConfigError(f"{cfg.filename}: CFT needs {loader_key} to find its dataset, or {what}='split/file.json' "
+                          "(read with the train dataset's type and data_root)")
+    ds = copy.deepcopy(loader["dataset"])
+    if ann_file is not None:
+        ds["ann_file"] = ann_file
+    test_pipeline = (cfg.get("test_dataloader") or {}).get("dataset", {}).get("pipeline") or cfg.get("test_pipeline")
+    if test_pipeline is None:
+        raise ConfigError(f"{cfg.filename}: CFT extracts features with the test pipeline; the config has none")
+    ds["pipeline"] = copy.deepcopy(test_pipeline)
+    return ds
+
+
+def _labels_of(dataset) -> np.ndarray:
+    if hasattr(dataset, "get_partial_labels"):
+        return dataset.get_partial_labels()
+    num_classes = len(dataset.metainfo["classes"])
+    labels = np.zeros((len(dataset), num_classes), dtype=np.int8)
+    for i in range(len(dataset)):
+        labels[i, np.asarray(dataset.get_data_info(i)["gt_label"], dtype=np.int64)] = 1
+    return labels
+
+
+@torch.no_grad()
+def extract_features(model, dataset_cfg: dict, *, batch_size: int = 64, num_workers: int = 0, progress: bool = True):
+    """Features ``(N, D)`` (``head.pre_logits(extract_feat(x))``, eval mode) and labels ``(N, C)``.
+
+    Under ``torch.distributed`` each rank extracts its share and every rank receives all rows,
+    in dataset order.
+    """
+    from mmengine.dist import all_gather_object, get_dist_info
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    from tqdm.auto import tqdm
+
+    init_default_scope("mmpretrain")
+    loader = Runner.build_dataloader(dict(batch_size=batch_size, num_workers=num_workers,
+                                          sampler=dict(type="DefaultSampler", shuffle=False), dataset=dataset_cfg))
+    dataset = loader.dataset
+    was_training = model.training
+    model.eval()
+    indices, chunks = [], []
+    rank, _ = get_dist_info()
+    for data in tqdm(loader, desc=f"cft features {Path(str(dataset_cfg.get('ann_file', ''))).name}",
+                     disable=not progress or rank != 0, leave=False):
+        data = model.data_preprocessor(data, False)
+        chunks.append(model.head.pre_logits(model.extract_feat(data["inputs"])).float().cpu())
+        indices.extend(int(s.sample_idx) for s in data["data_samples"])
+    model.train(was_training)
+    parts = all_gather_object((indices, torch.cat(chunks) if chunks else None))
+    features = None
+    for idx, feats in parts:
+        if feats is None:
+            continue
+        if features is None:
+            features = torch.empty(len(dataset), feats.shape[1])
+        features[torch.as_tensor(idx)] = feats
+    return features.numpy(), _labels_of(dataset)
+
+
+def _final_layer(model) -> nn.Linear:
+    fc = getattr(getattr(model, "head", None), "fc", None)
+    if not isinstance(fc, nn.Linear):
+        raise ConfigError(f"CFT calibrates model.head.fc, an nn.Linear; {type(model).__name__}.head "
+                          f"({type(getattr(model, 'head', None)).__name__}) has none")
+    return fc
+
+
+def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir, *, options: CFTOptions,
+                    apply: bool = False, onnx: bool = True, full_onnx: bool = False, plot: bool = True,
+                    batch_size: int = 64, progress: bool = True, source: str = "", source_sha256: str = "") -> dict:
+    """Extract features, run CFT, and (rank 0) write the outputs; return the run's summary."""
+    from labelwise.checkpoint import save_checkpoint
+    from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, is_main_process
+    from labelwise.plugins.cft.outputs import write_outputs
+
+    fc = _final_layer(model)
+    device = fc.weight.device
+    train_x, train_y = extract_features(model, train_dataset, batch_size=batch_size, progress=progress)
+    val_x, val_y = extract_features(model, val_dataset, batch_size=batch_size, progress=progress)
+    classes = list(_class_names(cfg, train_y.shape[1]))
+    out = Path(out_dir)
+    result = fit_calibrated_head_distributed(
+        train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(), options=options,
+        class_names=classes, device=device, state_dir=out / "cft_state", progress=progress)
+    if apply:
+        with torch.no_grad():
+            fc.weight.copy_(result.weight.to(device))
+            fc.bias.copy_(result.bias.to(device))
+    if is_main_process():
+        extra = {}
+        if full_onnx:
+            extra["full_onnx_max_abs_diff"] = _export_full(model, cfg, result, out / FULL_ONNX, val_dataset, classes,
+                                                           source_sha256)
+        write_outputs(result, out, class_names=classes, source=source, source_sha256=source_sha256, onnx=onnx,
+                      plot=plot, extra=extra, seed=options.seed)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        prefix = next(k for k, v in model.named_parameters() if v is fc.weight)[: -len("weight")]
+        state[prefix + "weight"], state[prefix + "bias"] = result.weight.clone(), result.bias.clone()
+        save_checkpoint({"state_dict": state, "meta": {"cft": result.summary(), "source": source,
+                                                       "source_sha256": source_sha256}}, out / CALIBRATED_CHECKPOINT)
+    return result.summary()
+
+
+def _class_names(cfg, num_classes):
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+
+    for key in ("train_dataloader", "test_dataloader"):
+        loader = cfg.get(key)
+        classes = loader and loader["dataset"].get("metainfo", {}).get("classes")
+        if classes:
+            return [str(c) for c in classes]
+    init_default_scope("mmpretrain")
+    try:
+        ds = DATASETS.build({**copy.deepcopy(cfg.train_dataloader["dataset"]), "lazy_init": True})
+        classes = ds.metainfo.get("classes")
+    except Exception:  # names are cosmetic: fall back to indices
+        classes = None
+    return [str(c) for c in classes] if classes and len(classes) == num_classes else [str(i) for i in range(num_classes)]
+
+
+class _ImageToFeatures(nn.Module):
+    """RGB images ``(B, 3, H, W)`` in 0..255 -> normalised -> backbone, neck -> pre-logits."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images):
+        return self.model.head.pre_logits(self.model.extract_feat((images - self.mean) / self.std))
+
+
+def _export_full(model, cfg, result, path, val_dataset, classes, source_sha256) -> float:
+    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
+
+    pre = model.data_preprocessor
+    mean = pre.mean.flatten().cpu() if getattr(pre, "mean", None) is not None else torch.zeros(3)
+    std = pre.std.flatten().cpu() if getattr(pre, "std", None) is not None else torch.ones(3)
+    body = copy.deepcopy(model).cpu().eval()
+    module = CalibratedHead(result.weight, result.bias, body=_ImageToFeatures(body, mean, std))
+    size = _image_size(val_dataset)
+    generator = torch.Generator().manual_seed(result.options.seed)
+    example = torch.rand(2, 3, *size, generator=generator) * 255
+    metadata = {"producer": "labelwise cft", "class_names": classes, "changed_categories": result.changed,
+                "metric": result.options.metric, "source_sha256": source_sha256,
+                "inputs": f"images (batch, 3, {size[0]}, {size[1]}) float32 RGB in 0..255 (normalised inside)",
+                "outputs": "logits, probabilities (sigmoid)"}
+    export_onnx(module, path, example, metadata=metadata, input_name="images")
+    return verify_onnx(path, module, torch.rand(4, 3, *size, generator=generator) * 255)
+
+
+def _image_size(dataset_cfg) -> tuple[int, int]:
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import DATASETS
+
+    init_default_scope("mmpretrain")
+    sample = DATASETS.build(copy.deepcopy(dataset_cfg))[0]
+    return tuple(sample["inputs"].shape[-2:])
+
+
+def calibrate_checkpoint(config, checkpoint, out_dir, *, options: CFTOptions | None = None, data_root=None,
+                         train_ann: str | None = None, val_ann: str | None = None, device: str = "cpu",
+                         onnx: bool = True, full_onnx: bool = False, plot: bool = True, batch_size: int = 64,
+                         progress: bool = True) -> dict:
+    """CFT for an already-trained mmpretrain model (what ``labelwise cft --config --checkpoint`` runs).
+
+    Args:
+        config: config file or built-in name; checkpoint: its trained weights (read with
+            :func:`labelwise.checkpoint.load_checkpoint`, never unpickling code).
+        out_dir: output folder (as :class:`CFTHook`, plus ``calibrated.pth``).
+        data_root: replace the datasets' ``data_root``.
+        train_ann, val_ann: as :class:`CFTHook`.
+        device: where to extract features and run CFT.
+
+    Returns:
+        The run's summary (see :meth:`~labelwise.plugins.cft.calibrate.CFTResult.summary`).
+    """
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    from labelwise.adapters.mmpretrain.runner import load_config
+    from labelwise.checkpoint import extract_state_dict, load_checkpoint
+    from labelwise.plugins.cft.outputs import file_sha256
+
+    cfg = load_config(config, work_dir=out_dir, data_root=data_root)
+    init_default_scope("mmpretrain")
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get("data_preprocessor") is not None:  # as mmengine's Runner does
+        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
+    state = extract_state_dict(load_checkpoint(checkpoint))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise CheckpointError(f"{checkpoint}: does not fit the model of {cfg.filename}; missing {missing[:5]}")
+    model.to(device)
+    train_ds = _dataset_cfg(cfg, "train_dataloader", train_ann, what="--train-ann")
+    val_ds = _dataset_cfg(cfg, "val_dataloader", val_ann, what="--val-ann")
+    return calibrate_model(model, cfg, train_ds, val_ds, out_dir, options=options or CFTOptions(), onnx=onnx,
+                           full_onnx=full_onnx, plot=plot, batch_size=batch_size, progress=progress,
+                           source=str(checkpoint), source_sha256=file_sha256(checkpoint))

@@ -1,0 +1,122 @@
+"""``labelwise cft``: calibrate a head from a saved ``.npz`` or an mmpretrain config + checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from labelwise.errors import ConfigError, DataError
+from labelwise.plugins.cft.options import METRICS, OPTIMIZERS, CFTOptions
+
+NPZ_KEYS = ("train_features", "train_labels", "val_features", "val_labels", "weight", "bias")
+_OPTION_FLAGS = ("optimizer", "metric", "epochs", "early_stopping", "population", "crossover_rate", "mutation_prob",
+                 "mutation_range", "elitism", "lr", "gamma_neg", "gamma_pos", "clip", "seed", "chunk_rows", "threads")
+
+
+def add_arguments(parser) -> None:
+    """The options of ``labelwise cft``."""
+    d = CFTOptions()
+    src = parser.add_argument_group("input (one of)")
+    src.add_argument("--npz", help="a .npz with train_features (N, D), train_labels (N, C) of 1/0/-1, val_features, "
+                     "val_labels, weight (C, D), bias (C,) [and optionally class_names (C,)]")
+    src.add_argument("--config", help="an mmpretrain config file or built-in name (with --checkpoint)")
+    src.add_argument("--checkpoint", help="the trained mmpretrain checkpoint (with --config)")
+    src.add_argument("--data-root", default=None, help="--config: replace the datasets' data_root")
+    src.add_argument("--train-ann", default=None, help="--config: annotation file of the CFT training split "
+                     "(default: the config's train dataset)")
+    src.add_argument("--val-ann", default=None, help="--config: annotation file of the validation split "
+                     "(default: the config's val dataset, else its test dataset)")
+    parser.add_argument("--out", required=True, help="output folder: cft_head.npz, cft_report.json, cft_scores.png, "
+                        "cft_head.onnx (and calibrated.pth for --config)")
+    opt = parser.add_argument_group("CFT options (defaults: the reference schedule)")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                     help=f"ga, bp, or best = per category the best of original/GA/BP on validation (default: {d.optimizer})")
+    opt.add_argument("--metric", choices=METRICS, default=d.metric, help=f"default: {d.metric}")
+    opt.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
+    opt.add_argument("--early-stopping", type=int, default=d.early_stopping,
+                     help=f"patience in epochs; 0 disables it (default: {d.early_stopping})")
+    opt.add_argument("--population", type=int, default=d.population, help=f"default: {d.population}")
+    opt.add_argument("--crossover-rate", type=float, default=d.crossover_rate, help=f"default: {d.crossover_rate}")
+    opt.add_argument("--mutation-prob", type=float, default=d.mutation_prob, help=f"default: {d.mutation_prob}")
+    opt.add_argument("--mutation-range", type=float, default=d.mutation_range, help=f"default: {d.mutation_range}")
+    opt.add_argument("--elitism", type=int, default=d.elitism, help=f"default: {d.elitism}")
+    opt.add_argument("--lr", type=float, default=d.lr, help=f"BP's Adam learning rate (default: {d.lr})")
+    opt.add_argument("--gamma-neg", type=float, default=d.gamma_neg, help=f"default: {d.gamma_neg}")
+    opt.add_argument("--gamma-pos", type=float, default=d.gamma_pos, help=f"default: {d.gamma_pos}")
+    opt.add_argument("--clip", type=float, default=d.clip, help=f"default: {d.clip}")
+    opt.add_argument("--seed", type=int, default=d.seed, help=f"default: {d.seed}")
+    opt.add_argument("--chunk-rows", type=int, default=d.chunk_rows, help=f"default: {d.chunk_rows}")
+    opt.add_argument("--threads", type=int, default=None, help="ranking threads (default: torch.get_num_threads())")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    run.add_argument("--launcher", choices=("none", "pytorch"), default="none",
+                     help="pytorch: under torchrun, split categories over the ranks; rank 0 writes (default: none)")
+    run.add_argument("--no-onnx", action="store_true", help="do not export the ONNX head")
+    run.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def options_from_args(args) -> CFTOptions:
+    values = {name: getattr(args, name) for name in _OPTION_FLAGS}
+    if values["early_stopping"] == 0:
+        values["early_stopping"] = None
+    return CFTOptions(**values)
+
+
+def load_npz(path) -> dict:
+    """Read the ``.npz`` input of ``labelwise cft`` (see :data:`NPZ_KEYS`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; expected a .npz with keys {', '.join(NPZ_KEYS)}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    missing = [k for k in NPZ_KEYS if k not in data]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)} "
+                        f"(found {', '.join(sorted(data)) or 'nothing'})")
+    return data
+
+
+def run(args) -> int:
+    from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, init_from_env, is_main_process
+    from labelwise.plugins.cft.outputs import file_sha256, write_outputs
+
+    if bool(args.npz) == bool(args.config):
+        raise ConfigError("labelwise cft: give either --npz FILE or --config CONFIG --checkpoint CKPT")
+    options = options_from_args(args)
+    if args.launcher == "pytorch":
+        init_from_env(args.device)
+    out = Path(args.out)
+    if args.config:
+        if not args.checkpoint:
+            raise ConfigError("labelwise cft --config needs --checkpoint")
+        from labelwise.adapters.mmpretrain.cft import calibrate_checkpoint
+
+        summary = calibrate_checkpoint(args.config, args.checkpoint, out, options=options, data_root=args.data_root,
+                                       train_ann=args.train_ann, val_ann=args.val_ann, device=args.device,
+                                       onnx=not args.no_onnx, plot=not args.no_plot, progress=not args.no_progress)
+    else:
+        data = load_npz(args.npz)
+        names = [str(n) for n in data["class_names"]] if "class_names" in data else None
+        arrays = {k: data[k] for k in NPZ_KEYS}
+        result = fit_calibrated_head_distributed(
+            arrays["train_features"], arrays["train_labels"], arrays["val_features"], arrays["val_labels"],
+            arrays["weight"], arrays["bias"], options=options, class_names=names, device=args.device,
+            state_dir=out / "cft_state", progress=not args.no_progress)
+        summary = result.summary()
+        if is_main_process():
+            write_outputs(result, out, class_names=names or [str(i) for i in range(arrays["weight"].shape[0])],
+                          source=str(args.npz), source_sha256=file_sha256(args.npz), onnx=not args.no_onnx,
+                          plot=not args.no_plot, seed=options.seed)
+    if is_main_process():
+        before, after = summary["mean_score_before"], summary["mean_score_after"]
+        scores = f"{before:.4f} -> {after:.4f}" if before is not None else "n/a (every category skipped)"
+        print(f"cft {options.optimizer}: mean validation {options.metric.upper()} {scores}; "
+              f"{len(summary['changed'])} of {summary['categories']} categories changed, {summary['skipped']} skipped; "
+              f"{summary['seconds']:.1f} s; wrote {out}")
+    return 0
+
+

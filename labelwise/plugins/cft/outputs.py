@@ -1,0 +1,108 @@
+"""Writing a CFT run: calibrated head (.npz), report (.json), plot (.png) and ONNX head.
+
+Every file is written atomically (temporary file, then rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelwise.utils.fileio import atomic_write, write_json
+
+__all__ = ["OUTPUT_FILES", "file_sha256", "plot_scores", "write_outputs"]
+
+#: File names written by :func:`write_outputs` inside the output directory.
+OUTPUT_FILES = {"head": "cft_head.npz", "report": "cft_report.json", "plot": "cft_scores.png", "onnx": "cft_head.onnx"}
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file (the "source checkpoint hash" of reports and ONNX metadata)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plot_scores(categories: list, path, *, metric: str) -> Path:
+    """Bar chart of each category's validation score before / after calibration (PNG).
+
+    Needs matplotlib (``pip install 'labelwise[plot]'``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(f"the CFT plot needs matplotlib: pip install 'labelwise[plot]' ({exc})") from exc
+    run = [c for c in categories if c["skipped"] is None]
+    names = [c["name"] for c in run]
+    x = np.arange(len(run))
+    fig = Figure(figsize=(max(4.0, 0.35 * len(run) + 1.5), 3.2), dpi=100)
+    ax = fig.subplots()
+    ax.bar(x - 0.2, [c["score_before"] for c in run], 0.4, label="before", color="#9aa5b1")
+    ax.bar(x + 0.2, [c["score_after"] for c in run], 0.4, label="after (CFT)", color="#2b6cb0")
+    ax.set_xticks(x, names, rotation=90 if len(run) > 20 else 0, fontsize=7 if len(run) > 20 else 9)
+    ax.set_ylabel(f"validation {metric.upper()}")
+    low = min([c["score_before"] for c in run] or [0.0])
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"CFT: per-category validation {metric.upper()} ({len(categories) - len(run)} skipped)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getvalue())
+    return Path(path)
+
+
+def write_outputs(result, out_dir, *, class_names, source: str = "", source_sha256: str = "", onnx: bool = True,
+                  plot: bool = True, extra: dict | None = None, seed: int = 0) -> dict:
+    """Write the calibrated head, the report, the plot and the ONNX head into ``out_dir``.
+
+    Args:
+        result: a :class:`~labelwise.plugins.cft.calibrate.CFTResult`.
+        out_dir: output directory (created).
+        class_names: ``C`` names (stored in the .npz, the report and the ONNX metadata).
+        source, source_sha256: where the original head came from and its file's hash.
+        onnx: export and verify the ONNX head (needs ``labelwise[onnx]``).
+        plot: write the PNG (needs matplotlib).
+        extra: more keys for the report.
+        seed: seed of the random inputs of the ONNX parity check.
+
+    Returns:
+        ``{name: path}`` of the files written; the report holds ``onnx_max_abs_diff``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    names = [str(n) for n in class_names]
+    buffer = io.BytesIO()
+    np.savez(buffer, weight=result.weight.numpy(), bias=result.bias.numpy(), class_names=np.array(names))
+    with atomic_write(out / OUTPUT_FILES["head"], "wb") as f:
+        f.write(buffer.getvalue())
+    paths["head"] = out / OUTPUT_FILES["head"]
+    report = result.report(class_names=names, source=str(source), source_sha256=source_sha256, **(extra or {}))
+    if onnx:
+        from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
+
+        head = CalibratedHead(result.weight, result.bias)
+        dim = result.weight.shape[1]
+        metadata = {"producer": "labelwise cft", "class_names": names, "changed_categories": result.changed,
+                    "metric": result.options.metric, "optimizer": result.options.optimizer,
+                    "source": str(source), "source_sha256": source_sha256,
+                    "inputs": f"features (batch, {dim}) float32", "outputs": "logits, probabilities (sigmoid)"}
+        export_onnx(head, out / OUTPUT_FILES["onnx"], torch.zeros(2, dim), metadata=metadata)
+        generator = torch.Generator().manual_seed(seed)
+        report["onnx_max_abs_diff"] = verify_onnx(out / OUTPUT_FILES["onnx"], head, torch.randn(64, dim, generator=generator))
+        paths["onnx"] = out / OUTPUT_FILES["onnx"]
+    if plot:
+        paths["plot"] = plot_scores(result.categories, out / OUTPUT_FILES["plot"], metric=result.options.metric)
+    write_json(out / OUTPUT_FILES["report"], report)
+    paths["report"] = out / OUTPUT_FILES["report"]
+    return paths

@@ -1,0 +1,86 @@
+"""`labelwise cft --npz`: outputs, ONNX parity and metadata, resume, errors; torchrun with 2 processes."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_python
+from labelwise.cli import main
+from labelwise.plugins.cft.synthetic import make_synthetic_problem
+
+FAST = ["--epochs", "25", "--early-stopping", "8", "--population", "10", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    p = make_synthetic_problem(n_train=240, n_val=160, n_test=10, dim=10, num_classes=5, head_steps=30,
+                               prevalence=(0.1, 0.4), seed=2)
+    path = tmp_path_factory.mktemp("cft-npz") / "head.npz"
+    keys = ("train_features", "train_labels", "val_features", "val_labels", "weight", "bias")
+    np.savez(path, **{k: p[k] for k in keys}, class_names=np.array(["cat", "dog", "car", "sky", "sea"]))
+    return path
+
+
+def test_npz_outputs_and_onnx(npz, tmp_path, capsys):
+    import onnxruntime as ort
+
+    from labelwise.plugins.cft.onnx_export import read_metadata
+
+    out = tmp_path / "out"
+    assert main(["cft", "--npz", str(npz), "--out", str(out), "--optimizer", "best", "--lr", "0.01", *FAST]) == 0
+    assert "cft best: mean validation AP" in capsys.readouterr().out
+    report = json.loads((out / "cft_report.json").read_text())
+    head = np.load(out / "cft_head.npz")
+    assert head["weight"].shape == (5, 10) and head["bias"].shape == (5,)
+    assert list(head["class_names"]) == ["cat", "dog", "car", "sky", "sea"]
+    assert report["summary"]["mean_score_after"] >= report["summary"]["mean_score_before"]
+    assert report["onnx_max_abs_diff"] <= 1e-5
+    assert (out / "cft_scores.png").read_bytes()[:4] == b"\x89PNG"
+    meta = read_metadata(out / "cft_head.onnx")
+    assert json.loads(meta["class_names"]) == ["cat", "dog", "car", "sky", "sea"]
+    assert json.loads(meta["changed_categories"]) == report["summary"]["changed"]
+    assert meta["metric"] == "ap" and meta["source_sha256"] == report["source_sha256"]
+    assert not list(out.glob("*.data"))  # one self-contained file
+    session = ort.InferenceSession(str(out / "cft_head.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):  # dynamic batch axis
+        x = np.random.default_rng(batch).standard_normal((batch, 10)).astype(np.float32)
+        logits, probs = session.run(None, {"features": x})
+        np.testing.assert_allclose(logits, x @ head["weight"].T + head["bias"], atol=1e-5)
+        np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-6)
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_npz_resume_and_errors(npz, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["cft", "--npz", str(npz), "--out", str(out), "--no-onnx", "--no-plot", *FAST]
+    assert main(args) == 0
+    first = np.load(out / "cft_head.npz")["weight"]
+    states = sorted((out / "cft_state").glob("category*-ga.json"))
+    assert len(states) == 5
+    states[3].unlink()
+    assert main(args) == 0
+    assert np.array_equal(np.load(out / "cft_head.npz")["weight"], first)
+    assert main([*args, "--seed", "3"]) == 2
+    assert "holds the state of a different CFT run" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, weight=np.zeros((2, 3)))
+    assert main(["cft", "--npz", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.npz: missing key(s) train_features, train_labels, val_features, val_labels, bias" in err
+    assert main(["cft", "--out", str(tmp_path / "o3")]) == 2
+    assert "give either --npz FILE or --config CONFIG --checkpoint CKPT" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_equal_one(npz, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--npz", str(npz), "--no-onnx", "--no-plot", "--optimizer", "best", "--lr", "0.01", *FAST]
+    env = {"OMP_NUM_THREADS": "1"}
+    run_python("-m", "labelwise", "cft", "--out", str(one), *common, env=env, timeout=300)
+    proc = run_python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "labelwise", "cft",
+                      "--out", str(two), "--launcher", "pytorch", *common, env=env, timeout=300)
+    assert proc.stdout.count("cft best: mean validation AP") == 1  # only rank 0 reports and writes
+    a, b = np.load(one / "cft_head.npz"), np.load(two / "cft_head.npz")
+    assert np.array_equal(a["weight"], b["weight"]) and np.array_equal(a["bias"], b["bias"])
+    ra = json.loads((one / "cft_report.json").read_text())["categories"]
+    rb = json.loads((two / "cft_report.json").read_text())["categories"]
+    assert [r["score_after"] for r in ra] == [r["score_after"] for r in rb]
