@@ -11,6 +11,8 @@ mmpretrain users add ``custom_imports=dict(imports=['labelwise'])`` to a config 
 use ``type='labelwise.<Name>'``; the mmengine registries live in :mod:`labelwise.registry`
 and are only imported when mmengine asks for the ``labelwise`` scope.
 """
+import sys as _sys
+
 from labelwise.errors import LabelwiseError
 from labelwise.hookspecs import hookimpl
 from labelwise.plugin_manager import MethodInfo, get_plugin_manager, list_methods
@@ -25,3 +27,8 @@ __all__ = [
     "hookimpl",
     "list_methods",
 ]
+
+if "mmengine.runner" in _sys.modules:  # imported by a config run under mmengine's Runner
+    from labelwise.adapters.mmengine_checkpoint import install_safe_checkpoint_loader
+
+    install_safe_checkpoint_loader()

@@ -16,6 +16,10 @@ import types
 from mmengine.registry import Registry
 from mmpretrain import registry as _mmpretrain
 
+from labelwise.adapters.mmengine_checkpoint import install_safe_checkpoint_loader
+
+install_safe_checkpoint_loader()
+
 _LOCATIONS = ["labelwise.registry.populate"]
 
 

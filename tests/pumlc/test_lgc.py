@@ -80,9 +80,42 @@ def test_no_3x3_conv_is_a_clear_error():
         convert_to_lgc(nn.Sequential(nn.Linear(4, 4), nn.Conv2d(3, 3, 1)))
 
 
-def test_heads_must_divide_channels():
-    with pytest.raises(ConfigError, match="in_channels 12 is not divisible by num_heads 8"):
-        convert_to_lgc(nn.Sequential(nn.Conv2d(12, 12, 3)))
+def test_unwrappable_convs_are_named_and_nothing_is_converted():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1))
+    with pytest.raises(ConfigError, match=r"cannot wrap '0': its 3 input channels .* exclude=\('0',\)"):
+        convert_to_lgc(model)
+    assert not any(isinstance(m, LocalGlobalConv) for m in model.modules())
+    assert convert_to_lgc(model, exclude=("0",)) == ["1"]
+    valid = nn.Sequential(nn.Conv2d(8, 8, 3))  # padding 0: output smaller than the branch's
+    with pytest.raises(ConfigError, match=r"cannot wrap '0' \(padding \(0, 0\), dilation \(1, 1\)\)"):
+        convert_to_lgc(valid)
+    dilated = nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2, stride=2))
+    convert_to_lgc(dilated)
+    assert dilated(torch.randn(2, 8, 9, 9)).shape == (2, 8, 5, 5)
+
+
+def test_checkpoint_of_the_unconverted_model_loads_into_the_converted_one():
+    import timm
+
+    torch.manual_seed(0)
+    source = timm.create_model("resnet18", pretrained=False, num_classes=4)
+    state = source.state_dict()
+    torch.manual_seed(1)
+    target = timm.create_model("resnet18", pretrained=False, num_classes=4)
+    convert_to_lgc(target)
+    result = target.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert all("global_branch" in k for k in result.missing_keys)  # only the new branches
+    assert torch.equal(target.layer1[0].conv1.conv.weight, source.layer1[0].conv1.weight)
+    assert torch.equal(target.layer4[1].conv2.conv.weight, source.layer4[1].conv2.weight)
+    # and mmengine's own non-strict loader (used by load_from / init_cfg=Pretrained)
+    from mmengine.runner.checkpoint import load_state_dict
+
+    torch.manual_seed(2)
+    again = timm.create_model("resnet18", pretrained=False, num_classes=4)
+    convert_to_lgc(again)
+    load_state_dict(again, state, strict=False)
+    assert torch.equal(again.layer2[0].conv2.conv.weight, source.layer2[0].conv2.weight)
 
 
 def test_freeze_keeps_branches_last_stage_and_head_trainable_with_bn_in_eval():
@@ -94,15 +127,35 @@ def test_freeze_keeps_branches_last_stage_and_head_trainable_with_bn_in_eval():
     assert trainable and all("global_branch." in n or n.startswith(("layer4.", "fc.")) for n in trainable)
     assert any("layer1.0.conv1.global_branch" in n for n in trainable)
     assert not model.conv1.weight.requires_grad and not model.layer1[0].bn1.weight.requires_grad
-    assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    before = model.layer2[0].bn1.running_mean.clone()
-    model.layer2[0].bn1.train(False)
-    model(torch.randn(2, 3, 32, 32))
-    assert torch.equal(model.layer2[0].bn1.running_mean, before)
+    before = {n: b.clone() for n, b in model.named_buffers() }
+    model.train()  # any loop calls this; frozen BatchNorms must keep their running statistics
+    model(torch.randn(4, 3, 32, 32))
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers() )
+
+
+def test_frozen_batchnorm_stays_frozen_through_the_timm_task_and_fit(tiny_digits):
+    from labelwise.adapters.loop import fit
+    from labelwise.adapters.timm import create_digits_model
+    from labelwise.adapters.timm.pumlc import PUMLCTask
+    from labelwise.adapters.torch_data import DigitScenesDataset, digits_transform
+
+    torch.manual_seed(0)
+    model = create_digits_model(width=8)
+    convert_to_lgc(model)
+    freeze_for_lgc(model, trainable=("layer4", "fc"))
+    before = {n: b.clone() for n, b in model.named_buffers() }
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    head_before = model.fc.weight.clone()
+    data = DigitScenesDataset(tiny_digits, "partial-p0.3", "train", transform=digits_transform(train=True, size=32))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(64)), batch_size=32, drop_last=True)
+    fit(PUMLCTask(model), loader, epochs=1, progress=False)
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers() )
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert not torch.equal(model.fc.weight, head_before)  # the trainable part did train
 
 
 def test_init_global_branches_resets_bn_near_zero():
-    model = nn.Sequential(nn.Conv2d(8, 8, 3))
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
     convert_to_lgc(model)
     branch = model[0].global_branch
     with torch.no_grad():

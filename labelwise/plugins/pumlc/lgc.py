@@ -70,8 +70,10 @@ class GlobalBranch(nn.Module):
 class LocalGlobalConv(nn.Module):
     """``conv(x) + GlobalBranch(x)``: a drop-in replacement of a 3x3 convolution.
 
-    The wrapped convolution keeps its parameters (under ``.conv``), so a pretrained backbone's
-    weights load before or after the conversion (prefix ``conv.``).
+    The wrapped convolution keeps its parameters under ``.conv``. A state dict written before
+    the conversion (``...conv2.weight``) still loads into the converted model: the old names
+    are mapped to ``...conv2.conv.weight`` on load, so ``load_from`` / ``init_cfg=Pretrained``
+    after the conversion fill the wrapped convolutions, not just the new branches.
     """
 
     def __init__(self, conv: nn.Conv2d, *, num_heads: int = 8, reduction: int = 4,
@@ -85,9 +87,35 @@ class LocalGlobalConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) + self.global_branch(x)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("weight", "bias"):  # a checkpoint of the unconverted model
+            old, new = prefix + name, prefix + "conv." + name
+            if old in state_dict and new not in state_dict:
+                state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def _is_3x3(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (3, 3)
+
+
+def _check_wrappable(name: str, conv: nn.Conv2d, num_heads: int) -> None:
+    """The branch's 1x1 projection (same stride) matches the conv's output only when
+    ``padding == dilation`` (or ``'same'``); its heads must divide the input channels."""
+    if conv.padding == "same":
+        aligned = True
+    elif conv.padding == "valid":
+        aligned = False
+    else:
+        aligned = tuple(conv.padding) == tuple(conv.dilation)
+    if not aligned:
+        raise ConfigError(f"convert_to_lgc: cannot wrap {name!r} (padding {conv.padding}, dilation "
+                          f"{conv.dilation}): the global branch's output would not match the conv's "
+                          f"spatial size; leave it out with exclude=({name!r},)")
+    if conv.in_channels % num_heads:
+        raise ConfigError(f"convert_to_lgc: cannot wrap {name!r}: its {conv.in_channels} input channels are "
+                          f"not divisible by num_heads {num_heads}; leave it out with exclude=({name!r},) "
+                          "(e.g. a deep stem's first conv) or choose num_heads")
 
 
 def convert_to_lgc(model: nn.Module, *, num_heads: int = 8, reduction: int = 4, exclude: tuple = (),
@@ -110,7 +138,9 @@ def convert_to_lgc(model: nn.Module, *, num_heads: int = 8, reduction: int = 4, 
         The qualified names of the wrapped convolutions.
 
     Raises:
-        ConfigError: the model has no 3x3 convolution to wrap.
+        ConfigError: the model has no 3x3 convolution to wrap, or one that cannot be wrapped
+            (``padding != dilation``, or input channels not divisible by ``num_heads``); the
+            message names it. Nothing is converted in that case.
     """
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     wrapped = {name for name, m in model.named_modules() if isinstance(m, LocalGlobalConv)}
@@ -120,6 +150,8 @@ def convert_to_lgc(model: nn.Module, *, num_heads: int = 8, reduction: int = 4, 
     if not targets and not wrapped:
         raise ConfigError(f"convert_to_lgc: {type(model).__name__} has no 3x3 nn.Conv2d to wrap "
                           "(LGC needs a convolutional backbone such as a ResNet)")
+    for name in targets:
+        _check_wrappable(name, model.get_submodule(name), num_heads)
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -134,8 +166,9 @@ def freeze_for_lgc(model: nn.Module, *, trainable: tuple = (), bn_eval: bool = T
     Sets ``requires_grad=False`` on every parameter except those of the global branches and of
     the modules whose qualified names start with one of ``trainable`` (e.g. ``('layer4',)`` on a
     bare backbone, ``('backbone.layer4', 'head')`` on a classifier). With ``bn_eval``, every
-    BatchNorm is put in eval mode now and kept there by :func:`keep_bn_eval` (call it after each
-    ``model.train()``; the mmpretrain and timm adapters do).
+    BatchNorm (the branches' included, as in the reference) uses its running statistics from now on, whatever
+    later ``model.train()`` calls do (a forward pre-hook puts it back in eval mode), so any
+    training loop keeps the reference's frozen BatchNorms.
 
     Returns:
         Names of the parameters left trainable.
@@ -147,8 +180,17 @@ def freeze_for_lgc(model: nn.Module, *, trainable: tuple = (), bn_eval: bool = T
         if keep:
             trainable_names.append(name)
     if bn_eval:
-        keep_bn_eval(model)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+                if not any(h is _stay_in_eval for h in m._forward_pre_hooks.values()):
+                    m.register_forward_pre_hook(_stay_in_eval)
     return trainable_names
+
+
+def _stay_in_eval(module: nn.Module, args) -> None:
+    """Forward pre-hook of a frozen BatchNorm: always normalise with the running statistics."""
+    module.training = False
 
 
 def keep_bn_eval(model: nn.Module) -> None:
