@@ -107,6 +107,32 @@ def test_seeded_deterministic_and_independent_of_category_order(problem):
     assert [r["seed"] for r in a.categories] == [category_seed(0, c) for c in range(4)]
 
 
+def test_ga_elite_training_fitness_never_decreases(problem, monkeypatch):
+    """End to end through fit_calibrated_head: with elitism the fittest individual survives
+    unchanged, so each category's best training fitness (recomputed here with scikit-learn from
+    the population's logits) never decreases from one generation to the next."""
+    population = QUICK["population"]
+    logits = {}  # id of a category's training rows -> [population logits (P, N_c) per generation]
+    scores = CategoryRows.scores
+
+    def recording(self, rows):
+        out = scores(self, rows)
+        if rows.shape[0] == population:  # a generation's fitness (validation scores one row)
+            logits.setdefault(id(self), (self, []))[1].append(out.detach().cpu().numpy().copy())
+        return out
+
+    monkeypatch.setattr(CategoryRows, "scores", recording)
+    result = _fit(problem, options=dict(epochs=60, early_stopping=None, mutation_range=1e-2))
+    assert len(logits) == 4 and all(r["ga"]["epochs_run"] == 60 for r in result.categories)
+    improved = 0
+    for rows, generations in logits.values():
+        assert len(generations) == 60
+        best = [max(average_precision_score(rows.positive, s) for s in g) for g in generations]
+        assert all(b >= a for a, b in zip(best, best[1:])), best
+        improved += best[-1] > best[0]
+    assert improved >= 2  # and the elite does get fitter
+
+
 def test_ga_equals_a_plain_loop_with_sklearn_fitness(problem):
     """The batched engine against a per-individual loop of sklearn calls (the reference style)."""
     options = CFTOptions(**QUICK)
@@ -174,13 +200,18 @@ def test_resume_uses_saved_categories(problem, tmp_path):
     files = sorted(state.glob("category*-ga.json"))
     assert len(files) == 4
     saved = json.loads(files[1].read_text())
-    saved["row"] = [0.5] * len(saved["row"])  # a marker: a resumed run must take it as is
-    files[1].write_text(json.dumps(saved))
+    # a marker no run can produce (AP <= 1): a resumed run must take the saved result as is,
+    # and it beats the original row, so it is chosen
+    marker = {"row": [0.5] * len(saved["row"]), "score": 2.0, "epochs_run": 12345, "best_at": 678}
+    files[1].write_text(json.dumps(marker))
     files[2].unlink()  # "interrupted" before category 2 finished: it is run again
     resumed = _fit(problem, state_dir=state)
     assert torch.equal(resumed.weight[2], first.weight[2]) and torch.equal(resumed.weight[0], first.weight[0])
-    if saved["score"] > resumed.categories[1]["score_before"]:
-        assert (resumed.weight[1] == 0.5).all()
+    assert resumed.categories[2] == first.categories[2]
+    report = resumed.categories[1]
+    assert report["ga"] == {"score": 2.0, "epochs_run": 12345, "best_at": 678}
+    assert report["chosen"] == "ga" and report["score_after"] == 2.0 and report["changed"]
+    assert (resumed.weight[1] == 0.5).all() and float(resumed.bias[1]) == 0.5
     with pytest.raises(DataError, match="holds the state of a different CFT run"):
         _fit(problem, state_dir=state, options=dict(seed=9))
 

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from labelwise.errors import ConfigError
 
@@ -113,3 +114,114 @@ def test_example_config_builds_the_hook(tmp_path):
     hook = HOOKS.build(cfg.custom_hooks[0])
     assert isinstance(hook, CFTHook) and hook.apply and hook.val_ann == "partial-p0.3/val.json"
     assert hook.options.optimizer == "best" and hook.options.epochs == 5000
+
+
+def _record_tested_model(seen):
+    """A hook that copies the state of the model the test loop evaluates (run after EMAHook's swap)."""
+    from mmengine.hooks import Hook
+
+    class RecordTestedModel(Hook):
+        def before_test_epoch(self, runner):
+            model = runner.model.module if hasattr(runner.model, "module") else runner.model
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    return RecordTestedModel()
+
+
+def test_hook_under_ema_calibrates_the_ema_model_and_test_evaluates_it(tiny_digits, tmp_path):
+    """Under an EMAHook the trained model is the EMA copy (the checkpoints' state_dict): CFT
+    calibrates it, and with apply=True runner.test() evaluates exactly calibrated.pth."""
+    from mmengine.runner import Runner
+
+    from labelwise.adapters.mmpretrain.runner import load_config
+    from labelwise.checkpoint import load_checkpoint
+
+    cfg = load_config("baseline/digits_partial", work_dir=tmp_path, data_root=tiny_digits, cfg_options=TINY)
+    cfg.custom_hooks = [dict(type="EMAHook"),
+                        dict(type="labelwise.CFTHook", val_ann="partial-p0.3/val.json", options=CFT, progress=False,
+                             apply=True, onnx=False, plot=False)]
+    runner = Runner.from_cfg(cfg)
+    seen = []
+    runner.register_hook(_record_tested_model(seen), priority="LOWEST")  # after EMAHook's swap (NORMAL)
+    runner.train()
+    runner.test()
+    head = np.load(tmp_path / "cft" / "cft_head.npz")
+    calibrated = load_checkpoint(tmp_path / "cft" / "calibrated.pth")["state_dict"]
+    epoch = load_checkpoint(tmp_path / "epoch_1.pth")
+    assert len(seen) == 1
+    tested = seen[0]
+    assert np.array_equal(tested["head.fc.weight"].numpy(), head["weight"])  # the calibrated layer is evaluated
+    assert np.array_equal(tested["head.fc.bias"].numpy(), head["bias"])
+    assert tested.keys() == calibrated.keys()
+    assert all(torch.equal(tested[k], calibrated[k]) for k in tested)  # with the weights it was fitted on
+    # those are the EMA weights, which EMAHook saved as the checkpoint's state_dict; the raw
+    # (non-averaged) weights, saved as ema_state_dict, differ
+    conv = "backbone.conv1.weight"
+    assert torch.equal(calibrated[conv], epoch["state_dict"][conv])
+    assert not torch.equal(calibrated[conv], epoch["ema_state_dict"]["module." + conv])
+
+
+def _tiny_classifier(to_rgb):
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    from labelwise.adapters.mmpretrain.runner import load_config
+
+    init_default_scope("mmpretrain")
+    cfg = load_config("baseline/digits_partial", work_dir="unused", cfg_options=TINY)
+    pre = dict(type="ClsDataPreprocessor", mean=[10.0, 120.0, 240.0], std=[20.0, 50.0, 90.0], to_rgb=to_rgb)
+    torch.manual_seed(0)
+    model = MODELS.build({**cfg.model, "data_preprocessor": pre})
+    model.init_weights()
+    return model.eval()
+
+
+def _bgr_image(seed=0):
+    """A uint8 ``(3, 32, 32)`` image as mmpretrain's LoadImageFromFile + PackInputs give it (BGR)."""
+    return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("to_rgb", [True, False])
+def test_full_model_graph_input_is_rgb_whatever_the_models_channel_order(to_rgb):
+    from mmpretrain.structures import DataSample
+
+    from labelwise.adapters.mmpretrain.cft import _image_to_features
+
+    model = _tiny_classifier(to_rgb)
+    bgr = _bgr_image()
+    with torch.no_grad():
+        data = model.data_preprocessor({"inputs": [bgr], "data_samples": [DataSample()]}, False)
+        expected = model.head.pre_logits(model.extract_feat(data["inputs"]))
+        body = _image_to_features(model)
+        got = body(bgr.flip(0)[None].float())  # the same picture, RGB
+        swapped = _image_to_features(_tiny_classifier(not to_rgb))(bgr.flip(0)[None].float())
+    assert body.bgr is (not to_rgb)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(swapped, expected, atol=1e-3)  # the channel order matters here
+
+
+def test_full_onnx_records_the_channel_order_and_matches_the_model(tmp_path):
+    from mmpretrain.structures import DataSample
+
+    from labelwise.adapters.mmpretrain.cft import _export_full
+    from labelwise.plugins.cft.calibrate import CFTResult
+    from labelwise.plugins.cft.onnx_export import read_metadata
+    from labelwise.plugins.cft.options import CFTOptions
+
+    ort = pytest.importorskip("onnxruntime")
+    model = _tiny_classifier(to_rgb=False)  # a BGR model: the graph flips its RGB input
+    fc = model.head.fc
+    result = CFTResult(fc.weight.detach().clone(), fc.bias.detach().clone(), [], CFTOptions())
+    path = tmp_path / "full.onnx"
+    assert _export_full(model, result, path, size=(32, 32), classes=[str(i) for i in range(10)],
+                        source_sha256="") <= 1e-5
+    meta = read_metadata(path)
+    assert meta["input_channel_order"] == "RGB" and meta["model_channel_order"] == "BGR"
+    assert "RGB in 0..255 (converted to the model's BGR order" in meta["inputs"]
+    bgr = _bgr_image(1)
+    with torch.no_grad():
+        data = model.data_preprocessor({"inputs": [bgr], "data_samples": [DataSample()]}, False)
+        expected = model(data["inputs"], mode="tensor")  # the model's own logits
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": bgr.flip(0)[None].float().numpy()})[0]
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=0, atol=1e-4)

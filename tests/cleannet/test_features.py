@@ -1,4 +1,5 @@
 """Feature extraction (resumable, shardable under torchrun), the CLI workflow, score files."""
+import json
 import textwrap
 
 import numpy as np
@@ -46,6 +47,68 @@ def test_extract_features_is_batched_resumable_and_reusable(tmp_path):
     assert calls == []
     with pytest.raises(DataError, match="holds features of other samples"):
         extract_features(embed, data, out=out, ids=[f"x{i}" for i in range(23)], progress=False)
+
+
+def test_features_of_another_checkpoint_are_not_reused(tmp_path):
+    """Same ids, other fingerprint (another checkpoint): a finished file is refused, an
+    unfinished extraction is not resumed; overwrite recomputes with the new model."""
+    data, embed, ids = _toy()
+    a = {"checkpoint": {"bytes": 10, "sha256_ends": "aa"}}
+    b = {"checkpoint": {"bytes": 10, "sha256_ends": "bb"}}
+    out = tmp_path / "f.npz"
+    extract_features(embed, data, out=out, ids=ids, meta={"model": "toy"}, fingerprint=a, progress=False)
+    assert load_features(out).meta == {"model": "toy", "fingerprint": a}
+    extract_features(None, data, out=out, ids=ids, fingerprint=a, progress=False)  # same: reused
+    for other in (b, None):
+        with pytest.raises(DataError, match=r"f\.npz exists and holds features made by another model, "
+                                            r"checkpoint or config \(checkpoint: .*'aa'.*now .*\); "
+                                            r"it is not reused: .*--overwrite"):
+            extract_features(embed, data, out=out, ids=ids, fingerprint=other, progress=False)
+    double = lambda batch: 2 * embed(batch)  # noqa: E731 - the model of checkpoint b
+    extract_features(double, data, out=out, ids=ids, fingerprint=b, overwrite=True, progress=False)
+    fs = load_features(out)
+    assert fs.meta == {"fingerprint": b}
+    np.testing.assert_allclose(fs.features, 2 * embed((data.tensors[0],)).numpy(), atol=1e-6)
+
+    def failing(batch):
+        if failing.calls == 2:
+            raise RuntimeError("interrupted")
+        failing.calls += 1
+        return embed(batch)
+
+    failing.calls = 0
+    part = tmp_path / "g.npz"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        extract_features(failing, data, out=part, ids=ids, batch_size=4, chunk_size=8, fingerprint=a, progress=False)
+    with pytest.raises(DataError, match=r"g\.npz\.parts holds an unfinished extraction made by another model, "
+                                        r"checkpoint or config \(checkpoint: .*'bb'.*\); it is not resumed"):
+        extract_features(double, data, out=part, ids=ids, batch_size=4, chunk_size=8, fingerprint=b, progress=False)
+    extract_features(double, data, out=part, ids=ids, batch_size=4, chunk_size=8, fingerprint=b, overwrite=True,
+                     progress=False)
+    np.testing.assert_allclose(load_features(part).features, 2 * embed((data.tensors[0],)).numpy(), atol=1e-6)
+
+
+def test_timm_checkpoint_that_does_not_fit_names_the_file(tmp_path, tiny_digits):
+    from labelwise.adapters.timm import create_digits_model
+    from labelwise.adapters.timm.cleannet import timm_feature_extractor
+    from labelwise.checkpoint import save_checkpoint
+    from labelwise.errors import CheckpointError
+
+    state = create_digits_model("resnet18", num_classes=10, width=32).state_dict()
+    renamed = {("head." + k if k.startswith("fc.") else k): v for k, v in state.items()}
+    save_checkpoint({"state_dict": renamed}, tmp_path / "renamed.pth")
+    kwargs = dict(data_root=tiny_digits, ann_file="noisy-symmetric-r0.2/val.txt")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*renamed\.pth does not fit timm model 'resnet18' "
+                                              r"\(num_classes=10, width=32\): 2 missing keys \['fc\.weight', "
+                                              r"'fc\.bias'\], 2 unexpected keys "
+                                              r"\['head\.fc\.weight', 'head\.fc\.bias'\]"):
+        timm_feature_extractor("resnet18", tmp_path / "renamed.pth", **kwargs)
+    save_checkpoint({"state_dict": state}, tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError, match=r"wide\.pth does not fit timm model 'resnet18' \(num_classes=10, "
+                                              r"width=16\): size mismatch for .*"):
+        timm_feature_extractor("resnet18", tmp_path / "wide.pth", width=16, **kwargs)
+    job = timm_feature_extractor("resnet18", tmp_path / "wide.pth", **kwargs)  # fits: loads
+    assert job["fingerprint"]["checkpoint"]["bytes"] == (tmp_path / "wide.pth").stat().st_size
 
 
 def test_feature_file_errors(tmp_path):
@@ -151,3 +214,50 @@ def test_cli_features_fit_score_on_digit_scenes(tiny_digits, tmp_path, capsys):
     assert main(["cleannet", "score", "--model", str(work), "--features", str(tmp_path / "nope.npz"), "--out",
                  str(tmp_path / "x.csv")]) == 2
     assert "cannot read feature file" in capsys.readouterr().err
+
+    # provenance: features of another checkpoint into the same file, references of another seed
+    from labelwise.adapters.timm import create_digits_model
+    from labelwise.checkpoint import save_checkpoint
+
+    save_checkpoint({"state_dict": create_digits_model("resnet18").state_dict()}, tmp_path / "timm.pth")
+    timm_args = ["cleannet", "features", "--framework", "timm", "--data-root", str(tiny_digits), "--ann-file",
+                 f"{regime}/val.txt", "--out", str(tmp_path / "timm.npz"), "--checkpoint", str(tmp_path / "timm.pth"),
+                 "--no-progress"]
+    assert main(timm_args) == 2
+    err = capsys.readouterr().err
+    assert "timm.npz exists and holds features made by another model, checkpoint or config (checkpoint: None" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert main(timm_args + ["--overwrite"]) == 0
+    assert load_features(tmp_path / "timm.npz").meta["fingerprint"]["checkpoint"]["bytes"] > 0
+    fit_args = ["cleannet", "fit", "--features", str(tmp_path / "train.npz"), "--verification", str(labels_file),
+                "--k", "4", "--steps", "2", "--val-interval", "2", "--work-dir", str(tmp_path / "work2"),
+                "--no-progress"]
+    assert main(fit_args) == 0
+    assert main(fit_args) == 0 and "reusing" in capsys.readouterr().out  # same features and settings
+    assert main(fit_args + ["--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "references.npy holds reference sets built from other features or settings (seed: 0, now 1)" in err
+    assert "--overwrite" in err
+    assert main(fit_args + ["--seed", "1", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "work2" / "references.json").read_text())["seed"] == 1
+
+
+def test_mm_features_use_the_configs_data_preprocessor(tiny_digits):
+    """Features are extracted from images normalised as in training (the config's top-level
+    ``data_preprocessor``: mean 127.5, std 64, BGR -> RGB), not from raw pixels."""
+    import torch
+
+    from labelwise.adapters.mmpretrain.cleannet import mm_feature_extractor
+
+    job = mm_feature_extractor("baseline/digits_noisy", None, data_root=tiny_digits,
+                               ann_file="noisy-symmetric-r0.2/train.txt",
+                               cfg_options={"model.backbone.base_channels": 8, "model.head.in_channels": 64})
+    batch = job["collate_fn"]([job["dataset"][0], job["dataset"][1]])
+    image = torch.stack(batch["inputs"]).float()
+    expected_inputs = (image[:, [2, 1, 0]] - 127.5) / 64.0
+    captured = {}
+    handle = job["model"].backbone.register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    with torch.no_grad():
+        job["embed"](batch)
+    handle.remove()
+    assert torch.allclose(captured["x"], expected_inputs, atol=1e-5)

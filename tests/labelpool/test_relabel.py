@@ -106,6 +106,41 @@ def test_mmpretrain_annotator_matches_the_model(mm_annotator):
     assert torch.allclose(maps.mean((2, 3)), logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("to_rgb", [True, False])
+def test_loader_normalises_in_the_preprocessors_channel_order(mm_annotator, tmp_path, to_rgb):
+    """The annotator's input equals ClsDataPreprocessor's output on the same image, with
+    per-channel means and stds that differ, whether the config converts BGR to RGB or not."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import init_default_scope
+    from mmpretrain.models import ClsDataPreprocessor
+    from mmpretrain.registry import TRANSFORMS
+    from PIL import Image
+
+    from labelwise.adapters.mmpretrain.labelpool import build_annotator
+    from labelwise.plugins.labelpool.relabel import WholeImageLoader
+
+    mean, std = [20.0, 110.0, 230.0], [30.0, 60.0, 90.0]
+    config, checkpoint, _ = mm_annotator
+    asymmetric = tmp_path / "asymmetric.py"
+    asymmetric.write_text(f"_base_ = [{str(config)!r}]\n"
+                          f"data_preprocessor = dict(mean={mean}, std={std}, to_rgb={to_rgb})\n")
+    _, info = build_annotator(asymmetric, checkpoint)
+    assert info["mean"] == mean and info["std"] == std and info["bgr"] is (not to_rgb)
+
+    rgb = np.random.default_rng(3).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # a red-ish picture: a channel swap shows
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    init_default_scope("mmpretrain")
+    pipeline = [TRANSFORMS.build(dict(type="LoadImageFromFile")), TRANSFORMS.build(dict(type="PackInputs"))]
+    sample = {"img_path": str(tmp_path / "x.png")}
+    for transform in pipeline:
+        sample = transform(sample)
+    expected = ClsDataPreprocessor(mean=mean, std=std, to_rgb=to_rgb)(pseudo_collate([sample]), False)["inputs"][0]
+
+    load = WholeImageLoader(tmp_path, size=24, mean=info["mean"], std=info["std"], bgr=info["bgr"])
+    torch.testing.assert_close(load("x.png"), expected, rtol=0, atol=1e-5)
+
+
 def _relabel(tiny_digits, out, config, checkpoint, *extra):
     return ["relabel", str(out), "--data-root", str(tiny_digits), "--ann-file", "single/val.txt",
             "--config", str(config), "--checkpoint", str(checkpoint), "--input-size", "96",

@@ -1,6 +1,7 @@
 """The label-map store and the reader of the reference's per-image .pt maps."""
 import fractions
 import json
+import os
 import pickle
 
 import numpy as np
@@ -216,3 +217,38 @@ def test_reference_maps_bad_files(tmp_path):
     torch.save({"x": fractions.Fraction(1, 3)}, reader_root / "n01" / "code.pt")  # not a plain tensor file
     with pytest.raises(DataError, match="unreadable, truncated or not a tensor file"):
         reader.get("train/n01/code.JPEG")
+
+
+class _MakesADirectory:
+    """Unpickling it would call os.mkdir (code stored in the file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.path),)
+
+
+def test_reference_maps_are_read_weights_only(tmp_path):
+    """A bare tensor loads (load_checkpoint would refuse it: not a dict); a dict of tensors is
+    not a map; a file that would run code on unpickling is refused without running it."""
+    from labelwise.checkpoint import load_checkpoint
+    from labelwise.errors import CheckpointError
+
+    root = tmp_path / "ref"
+    scores, ids = _maps(1, seed=2)
+    tensor = torch.stack([torch.from_numpy(scores[0]), torch.from_numpy(ids[0]).float()])
+    _save_reference(root, "train/n01/ok.JPEG", tensor)
+    reader = ReferenceLabelMaps(root, num_classes=C)
+    s, d = reader.get("train/n01/ok.JPEG")
+    assert np.array_equal(s, scores[0]) and np.array_equal(d, ids[0])
+    with pytest.raises(CheckpointError, match="holds a Tensor, expected a dict"):
+        load_checkpoint(root / "n01" / "ok.pt")
+    torch.save({"maps": torch.zeros(2, 1, 2, 2)}, root / "n01" / "dict.pt")
+    with pytest.raises(DataError, match=r"expected a tensor \[2, k, h, w\] \(scores, ids\), got dict"):
+        reader.get("train/n01/dict.JPEG")
+    marker = tmp_path / "ran"
+    torch.save([torch.zeros(1), _MakesADirectory(marker)], root / "n01" / "evil.pt")
+    with pytest.raises(DataError, match=r"n01/evil\.pt is unreadable, truncated or not a tensor file"):
+        reader.get("train/n01/evil.JPEG")
+    assert not marker.exists()

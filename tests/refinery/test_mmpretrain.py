@@ -222,6 +222,33 @@ def test_offline_store_serves_soft_labels(refinery_chain, tiny_digits, tiny_conf
     assert (tmp_path / "work" / "epoch_1.pth").is_file()
 
 
+def test_offline_store_of_another_checkpoint_is_refused(refinery_chain, tiny_digits, tmp_path, capsys):
+    """The same images, config and top-k from generation 2's checkpoint: the store generation 1
+    made is not reused; --overwrite rebuilds it with generation 2's labels."""
+    from labelwise.cli import main
+    from labelwise.plugins.refinery.store import RefinedLabelStore, file_fingerprint
+
+    gen1, gen2 = (json.loads((refinery_chain / f"gen{t}" / "generation.json").read_text()) for t in (1, 2))
+    out = tmp_path / "store"
+    args = ["refine-store", "--config", gen1["config"], "--out", str(out), "--data-root", str(tiny_digits),
+            "--topk", "3", "--no-progress"]
+    assert main(args + ["--checkpoint", gen1["checkpoint"]]) == 0
+    first = RefinedLabelStore(out)
+    assert first.meta["provenance"]["checkpoint"] == file_fingerprint(gen1["checkpoint"])
+    values = np.array(first.values)
+    capsys.readouterr()
+    assert main(args + ["--checkpoint", gen2["checkpoint"]]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds a different refined-label store (provenance 'checkpoint'" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert np.array_equal(RefinedLabelStore(out).values, values)  # untouched
+    assert main(args + ["--checkpoint", gen1["checkpoint"]]) == 0  # the same one is reused
+    assert main(args + ["--checkpoint", gen2["checkpoint"], "--overwrite"]) == 0
+    second = RefinedLabelStore(out)
+    assert second.meta["provenance"]["checkpoint"] == file_fingerprint(gen2["checkpoint"])
+    assert not np.array_equal(np.array(second.values), values)
+
+
 def test_bad_refinery_specs(tmp_path):
     from labelwise.adapters.mmpretrain.refinery import RefineryDataPreprocessor, build_refinery
 

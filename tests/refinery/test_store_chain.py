@@ -61,6 +61,59 @@ def test_store_resumes_interrupted_build(tmp_path):
         write_refined_labels(tmp_path / "s", IDS, _probs, num_classes=10, k=3, progress=False)
 
 
+def test_store_refuses_labels_of_another_refinery(tmp_path):
+    """A store (or an unfinished build) made from checkpoint A is neither reused nor resumed
+    when building from checkpoint B with the same ids and settings; overwrite rebuilds it."""
+    a, b = {"checkpoint": {"bytes": 10, "sha256_ends": "aa"}}, {"checkpoint": {"bytes": 10, "sha256_ends": "bb"}}
+    out = write_refined_labels(tmp_path / "s", IDS, _probs, num_classes=10, k=2, provenance=a, progress=False)
+    assert RefinedLabelStore(out).meta["provenance"] == a
+    write_refined_labels(out, IDS, None, num_classes=10, k=2, provenance=a, progress=False)  # same: reused
+    with pytest.raises(DataError, match=r"s holds a different refined-label store \(provenance 'checkpoint': "
+                                        r".*'aa'.*now .*'bb'.*\); it is neither reused nor resumed: .*--overwrite"):
+        write_refined_labels(out, IDS, _probs, num_classes=10, k=2, provenance=b, progress=False)
+    with pytest.raises(DataError, match="holds a different refined-label store"):  # nor without provenance
+        write_refined_labels(out, IDS, _probs, num_classes=10, k=2, progress=False)
+
+    def failing(rows):
+        if rows[0] >= 4:
+            raise KeyboardInterrupt
+        return _probs(rows)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_refined_labels(tmp_path / "p", IDS, failing, num_classes=10, k=2, batch_size=2, provenance=a,
+                             progress=False)
+    with pytest.raises(DataError, match=r"p holds an unfinished build of different refined labels .*'bb'"):
+        write_refined_labels(tmp_path / "p", IDS, _probs, num_classes=10, k=2, batch_size=2, provenance=b,
+                             progress=False)
+    calls = []
+    probs_b = lambda rows: calls.append(rows) or _probs(rows).flip(-1)  # noqa: E731 - another refinery
+    for directory in (tmp_path / "p", out):
+        calls.clear()
+        write_refined_labels(directory, IDS, probs_b, num_classes=10, k=2, batch_size=2, provenance=b,
+                             overwrite=True, progress=False)
+        assert calls == [[0, 1], [2, 3], [4, 5], [6]]  # everything recomputed
+        store = RefinedLabelStore(directory)
+        assert store.meta["provenance"] == b
+        assert np.array_equal(store.indices[:, 0], 9 - _probs(list(range(7))).argmax(-1).numpy())
+
+
+def test_file_fingerprint_follows_content_not_path(tmp_path):
+    from labelwise.plugins.refinery.store import file_fingerprint
+
+    big = np.random.default_rng(0).integers(0, 256, size=3 << 20, dtype=np.uint8).tobytes()
+    for name, data in (("small.pth", big[:1000]), ("big.pth", big)):
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / ("copy-" + name)).write_bytes(data)
+        changed = bytearray(data)
+        changed[-1] ^= 1  # the end: a zip checkpoint's directory of tensor checksums
+        (tmp_path / ("changed-" + name)).write_bytes(bytes(changed))
+        fp = file_fingerprint(tmp_path / name)
+        assert fp == file_fingerprint(tmp_path / ("copy-" + name)) and fp["bytes"] == len(data)
+        assert fp != file_fingerprint(tmp_path / ("changed-" + name))
+    with pytest.raises(DataError, match="cannot read .*missing.pth"):
+        file_fingerprint(tmp_path / "missing.pth")
+
+
 def test_store_bad_input(tmp_path):
     with pytest.raises(DataError, match="not unique"):
         write_refined_labels(tmp_path / "a", ["a", "a"], _probs, num_classes=10, progress=False)

@@ -81,6 +81,35 @@ def test_bn_train_mode_keeps_buffers_and_uses_batch_stats():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+def test_task_state_dict_leaves_the_refinery_out(tmp_path):
+    """The task's state (what a checkpoint of it holds) is the student's; loading one leaves
+    the teacher as it is, with strict=True, and ignores teacher entries of older files."""
+    from labelwise.adapters.timm.refinery import RefineryTask
+    from labelwise.checkpoint import load_checkpoint, save_checkpoint
+
+    student, teacher = _tiny(0), _tiny(1)
+    task = RefineryTask(student, teacher)
+    state = task.state_dict()
+    assert set(state) == {f"trainable_module.{k}" for k in student.state_dict()}
+    assert not any(k == "teacher" or k.startswith("teacher.") for k in state._metadata)
+    nested = nn.ModuleDict({"task": task}).state_dict()  # under a prefix, too
+    assert set(nested) == {f"task.{k}" for k in state}
+    save_checkpoint({"state_dict": state}, tmp_path / "task.pth")
+
+    other_teacher = _tiny(2)
+    teacher_before = copy.deepcopy(other_teacher.state_dict())
+    other = RefineryTask(_tiny(3), other_teacher)
+    assert other.load_state_dict(load_checkpoint(tmp_path / "task.pth")["state_dict"], strict=True) is not None
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in other.trainable_module.state_dict().items())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in other_teacher.state_dict().items())
+    # a state that still holds a teacher (another one): the teacher is not replaced
+    old_format = {**state, **{f"teacher.model.{k}": v for k, v in teacher.state_dict().items()}}
+    other.load_state_dict(old_format, strict=True)
+    assert all(torch.equal(v, teacher_before[k]) for k, v in other_teacher.state_dict().items())
+    with pytest.raises(RuntimeError, match="Missing key.*trainable_module"):  # the student is still checked
+        other.load_state_dict({k: v for k, v in state.items() if "fc" not in k}, strict=True)
+
+
 def test_plain_pytorch_models_and_bad_input():
     from labelwise.adapters.timm.refinery import RefineryLoss, RefineryTask
 

@@ -37,6 +37,18 @@ class CFTHook(Hook):
     ``cft_model.onnx``, backbone + calibrated head, with ``full_onnx=True``). Under a
     distributed launcher, feature extraction and categories are split over the ranks.
 
+    Under an ``EMAHook`` (mmengine's or mmpretrain's) the trained model is the EMA copy: the
+    hook saves its weights as the checkpoints' ``state_dict`` and swaps them in before every
+    validation / test epoch. CFT then takes features and the layer from
+    ``hook.ema_model.module``, and ``calibrated.pth`` holds the EMA weights. With ``apply=True``
+    the calibrated layer goes into the EMA model, and the EMA model's whole state (weights and
+    buffers, calibrated layer included) is copied into the raw model: ``runner.test()`` calls
+    ``before_run``, where ``EMAHook`` rebuilds its EMA copy from the raw model, so only then
+    does the test evaluate exactly ``calibrated.pth`` (the raw, non-averaged weights are
+    replaced; the last checkpoint keeps them as ``ema_state_dict``). mmpretrain's
+    ``EMAHook(evaluate_on_ema=False)`` evaluates the raw model, which is then the one
+    calibrated.
+
     Example::
 
         custom_hooks = [dict(type='labelwise.CFTHook', val_ann='partial-p0.3/val.json',
@@ -51,7 +63,7 @@ class CFTHook(Hook):
             (default: the reference schedule).
         out_dir: output folder. Default ``None``: ``<work_dir>/cft``.
         apply: also load the calibrated layer into the runner's model (so a following
-            ``runner.test()`` evaluates it). Default False.
+            ``runner.test()`` evaluates it; under an ``EMAHook`` see above). Default False.
         onnx: export the calibrated head to ONNX. Default True.
         full_onnx: also export backbone + calibrated head as one graph. Default False.
         plot: write the PNG plot. Default True.
@@ -75,12 +87,33 @@ class CFTHook(Hook):
         val_ds = _dataset_cfg(cfg, "val_dataloader", self.val_ann, what="val_ann")
         out = Path(self.out_dir) if self.out_dir else Path(runner.work_dir) / "cft"
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        summary = calibrate_model(model, cfg, train_ds, val_ds, out, options=self.options, apply=self.apply,
-                                  onnx=self.onnx, full_onnx=self.full_onnx, plot=self.plot,
-                                  batch_size=self.batch_size, progress=self.progress,
-                                  source=str(getattr(runner, "_load_from", "") or "runner"))
+        ema = _evaluated_ema_model(runner)
+        if ema is not None:
+            runner.logger.info("CFT: an EMAHook evaluates the EMA weights; calibrating the EMA model"
+                               + (" and loading it, calibrated, into the runner's model" if self.apply else ""))
+        summary = calibrate_model(ema if ema is not None else model, cfg, train_ds, val_ds, out,
+                                  options=self.options, apply=self.apply, onnx=self.onnx,
+                                  full_onnx=self.full_onnx, plot=self.plot, batch_size=self.batch_size,
+                                  progress=self.progress, source=str(getattr(runner, "_load_from", "") or "runner"))
+        if ema is not None and self.apply:
+            # runner.test() rebuilds the EMA copy from the raw model (EMAHook.before_run)
+            model.load_state_dict(ema.state_dict())
         runner.logger.info(f"CFT: mean validation {self.options.metric} {summary['mean_score_before']} -> "
                            f"{summary['mean_score_after']}; changed {summary['changed']}; wrote {out}")
+
+
+def _evaluated_ema_model(runner):
+    """The EMA model an ``EMAHook`` of ``runner`` swaps in for testing, or None.
+
+    mmengine's ``EMAHook`` always evaluates the EMA weights; mmpretrain's subclass does unless
+    ``evaluate_on_ema=False``.
+    """
+    from mmengine.hooks import EMAHook
+
+    for hook in runner.hooks:
+        if isinstance(hook, EMAHook) and getattr(hook, "evaluate_on_ema", True):
+            return hook.ema_model.module
+    return None
 
 
 def _dataset_cfg(cfg, loader_key: str, ann_file: str | None, *, what: str) -> dict:
@@ -179,8 +212,9 @@ def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir,
     if is_main_process():
         extra = {}
         if full_onnx:
-            extra["full_onnx_max_abs_diff"] = _export_full(model, cfg, result, out / FULL_ONNX, val_dataset, classes,
-                                                           source_sha256)
+            extra["full_onnx_max_abs_diff"] = _export_full(model, result, out / FULL_ONNX,
+                                                           size=_image_size(val_dataset), classes=classes,
+                                                           source_sha256=source_sha256)
         write_outputs(result, out, class_names=classes, source=source, source_sha256=source_sha256, onnx=onnx,
                       plot=plot, extra=extra, seed=options.seed)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -210,32 +244,57 @@ def _class_names(cfg, num_classes):
 
 
 class _ImageToFeatures(nn.Module):
-    """RGB images ``(B, 3, H, W)`` in 0..255 -> normalised -> backbone, neck -> pre-logits."""
+    """RGB images ``(B, 3, H, W)`` in 0..255 -> the model's preprocessing -> backbone, neck -> pre-logits.
 
-    def __init__(self, model, mean, std):
+    Reproduces ``ClsDataPreprocessor`` for an RGB input. mmpretrain loads images as BGR; with
+    ``to_rgb=True`` the preprocessor flips them to RGB and then normalises, so ``mean`` / ``std``
+    are in RGB order and the RGB input is normalised as is. With ``to_rgb=False`` the model was
+    trained on BGR, with ``mean`` / ``std`` in BGR order: the input is flipped to BGR first
+    (``bgr=True``), then normalised.
+
+    Args:
+        model: the classifier (``extract_feat``, ``head.pre_logits``).
+        mean, std: the preprocessor's normalisation, in the order of the model's channels.
+        bgr: the model takes BGR (flip the RGB input before normalising).
+    """
+
+    def __init__(self, model, mean, std, *, bgr: bool):
         super().__init__()
         self.model = model
+        self.bgr = bool(bgr)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images):
+        if self.bgr:
+            images = images[:, [2, 1, 0]]
         return self.model.head.pre_logits(self.model.extract_feat((images - self.mean) / self.std))
 
 
-def _export_full(model, cfg, result, path, val_dataset, classes, source_sha256) -> float:
-    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
-
+def _image_to_features(model) -> _ImageToFeatures:
+    """A CPU copy of ``model`` behind its data preprocessor's normalisation and channel order."""
     pre = model.data_preprocessor
     mean = pre.mean.flatten().cpu() if getattr(pre, "mean", None) is not None else torch.zeros(3)
     std = pre.std.flatten().cpu() if getattr(pre, "std", None) is not None else torch.ones(3)
-    body = copy.deepcopy(model).cpu().eval()
-    module = CalibratedHead(result.weight, result.bias, body=_ImageToFeatures(body, mean, std))
-    size = _image_size(val_dataset)
+    # ClsDataPreprocessor keeps ``to_rgb``; mmengine's ImgDataPreprocessor ``_channel_conversion``
+    to_rgb = getattr(pre, "to_rgb", getattr(pre, "_channel_conversion", False))
+    return _ImageToFeatures(copy.deepcopy(model).cpu().eval(), mean, std, bgr=not to_rgb)
+
+
+def _export_full(model, result, path, *, size, classes, source_sha256) -> float:
+    """Export backbone + calibrated head as one graph taking RGB images ``(B, 3, *size)``."""
+    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
+
+    body = _image_to_features(model)
+    module = CalibratedHead(result.weight, result.bias, body=body)
     generator = torch.Generator().manual_seed(result.options.seed)
     example = torch.rand(2, 3, *size, generator=generator) * 255
+    order = "BGR" if body.bgr else "RGB"
     metadata = {"producer": "labelwise cft", "class_names": classes, "changed_categories": result.changed,
                 "metric": result.options.metric, "source_sha256": source_sha256,
-                "inputs": f"images (batch, 3, {size[0]}, {size[1]}) float32 RGB in 0..255 (normalised inside)",
+                "input_channel_order": "RGB", "model_channel_order": order,
+                "inputs": f"images (batch, 3, {size[0]}, {size[1]}) float32 RGB in 0..255 (converted to the "
+                          f"model's {order} order and normalised inside)",
                 "outputs": "logits, probabilities (sigmoid)"}
     export_onnx(module, path, example, metadata=metadata, input_name="images")
     return verify_onnx(path, module, torch.rand(4, 3, *size, generator=generator) * 255)

@@ -12,6 +12,8 @@ Registered (``type='labelwise.<Name>'``) by :mod:`labelwise.plugins.cleannet`:
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -311,8 +313,11 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
         cfg_options: extra ``{'dotted.key': value}`` config overrides.
 
     Returns:
-        dict with ``embed``, ``dataset``, ``ids`` (``img_path`` relative to ``data_root``),
-        ``labels`` (the dataset's ``gt_label``, -1 where absent), ``collate_fn`` and ``meta``.
+        dict with ``embed``, ``model`` (the built classifier), ``dataset``, ``ids`` (``img_path`` relative to ``data_root``),
+        ``labels`` (the dataset's ``gt_label``, -1 where absent), ``collate_fn``, ``meta`` and
+        ``fingerprint`` (the checkpoint's content fingerprint and a SHA-256 of the model, test
+        pipeline and preprocessor settings: an existing feature file is reused only if they
+        match).
     """
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
@@ -320,6 +325,7 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
 
     from labelwise.adapters.mmpretrain.runner import load_config
     from labelwise.checkpoint import extract_state_dict, load_checkpoint
+    from labelwise.plugins.cleannet.features import file_fingerprint
 
     options = dict(cfg_options or {})
     if ann_file is not None:
@@ -328,7 +334,10 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
     init_default_scope(cfg.get("default_scope", "mmpretrain"))
     if not cfg.get("test_dataloader"):
         raise ConfigError(f"{config}: no test_dataloader; its dataset and pipeline define what is embedded")
-    model = MODELS.build(cfg.model)
+    model_cfg = cfg.model.copy()
+    if cfg.get("data_preprocessor") is not None:  # as mmengine's Runner does: normalise like training
+        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
     if checkpoint is not None:
         state = extract_state_dict(load_checkpoint(checkpoint))
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -354,5 +363,10 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
 
     meta = {"framework": "mmpretrain", "config": str(config), "checkpoint": str(checkpoint),
             "ann_file": str(cfg.test_dataloader.dataset.get("ann_file")), "data_root": str(data_root)}
+    settings = {"model": model_cfg.to_dict(), "pipeline": cfg.test_dataloader.dataset.get("pipeline"),
+                "data_preprocessor": cfg.get("data_preprocessor"), "preprocessor_from_config": True}
+    settings = json.dumps(settings, sort_keys=True, default=lambda v: v.to_dict() if hasattr(v, "to_dict") else str(v))
+    fingerprint = {"framework": "mmpretrain", "config_sha256": hashlib.sha256(settings.encode()).hexdigest(),
+                   "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint)}
     return {"embed": embed, "dataset": dataset, "ids": ids, "labels": np.asarray(labels, dtype=np.int64),
-            "collate_fn": pseudo_collate, "meta": meta}
+            "collate_fn": pseudo_collate, "meta": meta, "fingerprint": fingerprint, "model": model}

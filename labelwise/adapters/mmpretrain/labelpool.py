@@ -199,8 +199,11 @@ def build_annotator(config, checkpoint, *, device="cpu"):
         device: where to put the model.
 
     Returns:
-        ``(DenseClassifier, info)``; ``info`` has ``mean``, ``std`` (0..255 units), ``bgr``
-        and ``num_classes``.
+        ``(DenseClassifier, info)``; ``info`` has ``mean``, ``std`` (0..255 units, in the order
+        of the channels the model receives: RGB, or BGR when ``bgr``), ``bgr`` (the config's
+        data preprocessor does not convert mmpretrain's BGR images to RGB) and
+        ``num_classes``. Passed to :class:`~labelwise.plugins.labelpool.relabel.WholeImageLoader`
+        they reproduce the preprocessor's input to the model.
     """
     import torch
     from mmengine.config import Config
@@ -242,10 +245,13 @@ def build_annotator(config, checkpoint, *, device="cpu"):
 
     check_linear_head(pooled_head, fc, channels=fc.in_features, name=str(path))
     preprocessor = dict(cfg.get("data_preprocessor") or cfg.model.get("data_preprocessor") or {})
-    info = {"mean": list(preprocessor.get("mean", (0.0, 0.0, 0.0))),
-            "std": list(preprocessor.get("std", (1.0, 1.0, 1.0))),
-            # LoadImageFromFile gives BGR; the preprocessor flips it when to_rgb is set
-            "bgr": not preprocessor.get("to_rgb", False),
+    # LoadImageFromFile gives BGR; ClsDataPreprocessor flips it to RGB when to_rgb is set
+    # (mmengine's ImgDataPreprocessor: bgr_to_rgb) and normalises after the flip, so mean/std
+    # are in the order of the channels the model receives.
+    to_rgb = bool(preprocessor.get("to_rgb", False) or preprocessor.get("bgr_to_rgb", False))
+    info = {"mean": [float(m) for m in preprocessor.get("mean", (0.0, 0.0, 0.0))],
+            "std": [float(s) for s in preprocessor.get("std", (1.0, 1.0, 1.0))],
+            "bgr": not to_rgb,
             "num_classes": fc.out_features}
 
     class _LastFeatureMap(torch.nn.Module):

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -286,14 +288,18 @@ def train_generations(config, *, work_dir, generations: int, data_root=None, see
 
 def build_refined_label_store(config, checkpoint, out_dir, *, data_root=None, ann_file=None, k: int = 5,
                               batch_size: int = 64, bn_mode: str = "eval", device="cpu",
-                              progress: bool = True) -> Path:
+                              overwrite: bool = False, progress: bool = True) -> Path:
     """Precompute the offline mode's store: the refinery's top-k labels of every training image.
 
     The images are the config's training dataset (``ann_file`` overrides its annotation
     file) read through the config's **test** pipeline -- the evaluation view, no random crop --
     and normalised by the config's data preprocessor; the refinery is the config's model with
     ``checkpoint``'s weights. Resumes an interrupted build (see
-    :func:`labelwise.plugins.refinery.store.write_refined_labels`).
+    :func:`labelwise.plugins.refinery.store.write_refined_labels`). The store's provenance is
+    the checkpoint's content fingerprint (size and SHA-256 of its ends, see
+    :func:`~labelwise.plugins.refinery.store.file_fingerprint`), a SHA-256 of the model, test
+    pipeline and preprocessor settings, and ``bn_mode``: a store in ``out_dir`` made from
+    another checkpoint or config is refused (``overwrite=True`` rebuilds it).
 
     Returns:
         The store directory.
@@ -303,7 +309,7 @@ def build_refined_label_store(config, checkpoint, out_dir, *, data_root=None, an
     from mmpretrain.registry import DATASETS
 
     from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.plugins.refinery.store import write_refined_labels
+    from labelwise.plugins.refinery.store import file_fingerprint, write_refined_labels
 
     cfg = load_config(config, work_dir=Path(out_dir), data_root=data_root)
     init_default_scope(cfg.get("default_scope", "mmpretrain"))
@@ -329,8 +335,26 @@ def build_refined_label_store(config, checkpoint, out_dir, *, data_root=None, an
         raise ConfigError(f"{cfg.filename}: set data_preprocessor.num_classes (or dataset classes)")
     info = {"config": str(cfg.filename), "checkpoint": str(checkpoint), "view": "test pipeline",
             "ann_file": str(dataset.ann_file), "bn_mode": bn_mode}
+    # what turns an image into a label besides the weights (the preprocessor's own refinery and
+    # batch augments are left out: they act in training only)
+    settings = {"model": {k: _plain(v) for k, v in cfg.model.items() if k != "data_preprocessor"},
+                "pipeline": _plain(cfg.test_dataloader.dataset.pipeline), "preprocessor": _plain(pre_cfg)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    provenance = {"checkpoint": file_fingerprint(checkpoint), "config_sha256": digest, "bn_mode": bn_mode}
     return write_refined_labels(out_dir, ids, predict, num_classes=int(num_classes), k=k,
-                                batch_size=batch_size, info=info, progress=progress)
+                                batch_size=batch_size, info=info, provenance=provenance, overwrite=overwrite,
+                                progress=progress)
+
+
+def _plain(value):
+    """A config value as plain dicts and lists (for a stable JSON digest)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _mm_logits(model, inputs):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelwise.errors import DataError
+from labelwise.errors import CheckpointError, DataError
 
 
 def timm_embed(model, *, device="cpu"):
@@ -91,17 +91,43 @@ def timm_feature_extractor(model_name: str = "resnet18", checkpoint=None, *, dat
         transform: image transform (default: the digit scenes' eval transform).
 
     Returns:
-        dict with ``embed``, ``dataset``, ``ids``, ``labels``, ``collate_fn`` (None) and ``meta``.
+        dict with ``embed``, ``dataset``, ``ids``, ``labels``, ``collate_fn`` (None), ``meta``
+        and ``fingerprint`` (model name, sizes, transform and the checkpoint's content
+        fingerprint: an existing feature file is reused only if they match).
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read, or does not fit the model (the message
+            names the file and the missing / unexpected keys or the mismatched shape).
     """
     from labelwise.adapters.timm import create_digits_model
     from labelwise.adapters.torch_data import digits_transform
     from labelwise.checkpoint import extract_state_dict, load_checkpoint
+    from labelwise.plugins.cleannet.features import file_fingerprint
 
     model = create_digits_model(model_name, num_classes=num_classes, width=width)
     if checkpoint is not None:
-        model.load_state_dict(extract_state_dict(load_checkpoint(checkpoint)))
-    dataset = AnnotationListDataset(data_root, ann_file, transform=transform or digits_transform(train=False))
+        _load_weights(model, checkpoint, extract_state_dict(load_checkpoint(checkpoint)),
+                      f"timm model {model_name!r} (num_classes={num_classes}, width={width})")
+    transform = transform or digits_transform(train=False)
+    dataset = AnnotationListDataset(data_root, ann_file, transform=transform)
     meta = {"framework": "timm", "model": model_name, "checkpoint": str(checkpoint), "ann_file": str(ann_file),
             "data_root": str(data_root)}
+    fingerprint = {"framework": "timm", "model": model_name, "num_classes": int(num_classes), "width": int(width),
+                   "transform": repr(transform),
+                   "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint)}
     return {"embed": timm_embed(model, device=device), "dataset": dataset, "ids": dataset.ids,
-            "labels": dataset.labels, "collate_fn": None, "meta": meta}
+            "labels": dataset.labels, "collate_fn": None, "meta": meta, "fingerprint": fingerprint}
+
+
+def _load_weights(model, checkpoint, state, what: str) -> None:
+    """Load ``state`` strictly, as a :class:`CheckpointError` naming ``checkpoint`` on failure."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit {what}: "
+                              + ("; ".join(detail[:3]) or str(exc))
+                              + (f" (and {len(detail) - 3} more)" if len(detail) > 3 else "")) from exc
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit {what}: {len(missing)} missing keys "
+                              f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")

@@ -98,6 +98,12 @@ class RefineryTask(LogitDistillationTask):
 
     Inputs are re-normalised for the teacher only when both models carry a ``pretrained_cfg``
     whose ``mean`` / ``std`` differ (timm's rule); plain modules see the student's tensor.
+
+    The refinery is not part of the task's state: ``state_dict()`` leaves out every
+    ``teacher.*`` entry (so a checkpoint of the task holds the student, as timm's
+    ``get_checkpoint_state`` does), and ``load_state_dict()`` leaves the teacher as it is:
+    it needs no ``teacher.*`` entries, also with ``strict=True``, and ignores any it is given
+    (e.g. from a checkpoint saved before they were left out).
     """
 
     def __init__(self, student_model: nn.Module, teacher_model, *, bn_mode: str = "eval",
@@ -129,6 +135,8 @@ class RefineryTask(LogitDistillationTask):
                 self.register_buffer(f"student_{name}", value, persistent=False)
         else:
             self.student_mean = self.student_std = None
+        self.register_state_dict_post_hook(_drop_teacher_state)
+        self.register_load_state_dict_pre_hook(_keep_teacher_state)
 
     def forward(self, input: torch.Tensor, target=None) -> dict:
         student_logits = self.trainable_module(input)
@@ -146,6 +154,31 @@ class RefineryTask(LogitDistillationTask):
         with torch.no_grad(), bn:
             x = self.teacher.normalize_input(input, self.student_mean, self.student_std)
             return self.teacher(x.detach())
+
+
+def _drop_teacher_state(module, state_dict, prefix, local_metadata) -> None:
+    """``state_dict`` post-hook of :class:`RefineryTask`: remove the teacher's entries."""
+    teacher = prefix + "teacher"
+    for key in [k for k in state_dict if k.startswith(teacher + ".")]:
+        del state_dict[key]
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        for key in [k for k in metadata if k == teacher or k.startswith(teacher + ".")]:
+            del metadata[key]
+
+
+def _keep_teacher_state(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs) -> None:
+    """``load_state_dict`` pre-hook of :class:`RefineryTask`: the teacher keeps its own state.
+
+    Given ``teacher.*`` entries are dropped and the teacher's current tensors put in their
+    place, so loading leaves it unchanged (copying a tensor onto itself) and ``strict`` loading
+    does not miss them.
+    """
+    teacher = prefix + "teacher."
+    for key in [k for k in state_dict if k.startswith(teacher)]:
+        del state_dict[key]
+    state_dict.update(module.teacher.state_dict(prefix=teacher))
 
 
 class RefineryLoss(nn.Module):

@@ -13,6 +13,9 @@ from labelwise.errors import ConfigError, DataError
 
 MODEL_FILE = "cleannet.pth"
 REFERENCES_FILE = "references.npy"
+#: What the reference sets in REFERENCES_FILE were built from (compared before reusing them).
+REFERENCES_META = "references.json"
+REFERENCES_FORMAT = "labelwise-cleannet-references/1"
 HISTORY_FILE = "history.json"
 
 
@@ -52,7 +55,9 @@ def add_commands(subparsers) -> None:
                        description="k-means reference sets per class, then CleanNet training (SGD, the reference "
                        "code's schedule); keeps the weights with the best validation noise-detection accuracy and "
                        "picks the threshold on the verified validation samples. Writes WORK_DIR/cleannet.pth, "
-                       "references.npy, history.json; an interrupted run resumes.")
+                       "references.npy (+ references.json, what they were built from), history.json; an interrupted "
+                       "run resumes. Reference sets or a training state in WORK_DIR made from other features, k or "
+                       "seed are refused (--overwrite starts over).")
     t.add_argument("--features", required=True, help="training feature file (noisy labels inside)")
     t.add_argument("--verification", required=True,
                    help="verification flags of the training samples: a CSV with columns id,verified (1 correct, "
@@ -65,6 +70,9 @@ def add_commands(subparsers) -> None:
     t.add_argument("--k", type=int, default=32, help="references per class (k-means centres, default: 32)")
     t.add_argument("--work-dir", required=True, help="output folder")
     t.add_argument("--device", default="cpu", help="default: cpu")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete the reference sets and training state in WORK_DIR first (rebuild and retrain) "
+                   "instead of refusing ones made from other features or settings")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     import dataclasses
 
@@ -162,8 +170,8 @@ def _run_features(args) -> int:
                                      device=device)
     out = extract_features(job["embed"], job["dataset"], out=args.out, ids=job["ids"], labels=job["labels"],
                            batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers,
-                           collate_fn=job["collate_fn"], meta=job["meta"], overwrite=args.overwrite,
-                           progress=not args.no_progress)
+                           collate_fn=job["collate_fn"], meta=job["meta"], fingerprint=job.get("fingerprint"),
+                           overwrite=args.overwrite, progress=not args.no_progress)
     rank, _ = distributed_context()
     if rank == 0:
         from labelwise.plugins.cleannet.features import load_features
@@ -182,7 +190,7 @@ def _run_fit(args) -> int:
 
     from labelwise.plugins.cleannet.features import load_features
     from labelwise.plugins.cleannet.config import CleanNetConfig
-    from labelwise.plugins.cleannet.fit import fit_cleannet, restrict_verification
+    from labelwise.plugins.cleannet.fit import STATE_FILE, fit_cleannet, restrict_verification
     from labelwise.plugins.cleannet.references import build_reference_sets
     from labelwise.plugins.cleannet.store import save_cleannet
     from labelwise.utils.fileio import atomic_write, write_json
@@ -210,8 +218,22 @@ def _run_fit(args) -> int:
             val["val_verification"] = restrict_verification(val["val_verification"], val["val_labels"], classes)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    ref_path = work / REFERENCES_FILE
-    if ref_path.is_file() and np.load(ref_path).shape[:2] == (num_classes, args.k):
+    ref_path, ref_meta = work / REFERENCES_FILE, work / REFERENCES_META
+    if args.overwrite:
+        for name in (REFERENCES_FILE, REFERENCES_META, STATE_FILE):
+            (work / name).unlink(missing_ok=True)
+    provenance = {"format": REFERENCES_FORMAT, "features": str(args.features),
+                  "features_sha256": _array_digest(train.features, train.labels),
+                  "num_classes": int(num_classes), "k": int(args.k), "seed": int(config.seed)}
+    if ref_path.is_file():
+        found = json.loads(ref_meta.read_text()) if ref_meta.is_file() else {}
+        differ = [f"{key}: {found.get(key)!r}, now {provenance[key]!r}" for key in provenance
+                  if key != "features" and found.get(key) != provenance[key]]
+        if differ:
+            raise DataError(f"{ref_path} holds reference sets built from other features or settings "
+                            f"({'; '.join(differ)}{'' if found else ': no ' + REFERENCES_META + ' next to it'}); "
+                            f"they are not reused: pass --overwrite to rebuild them (and train anew in {work}), "
+                            "or use another --work-dir")
         references = np.load(ref_path)
         print(f"reusing {ref_path}")
     else:
@@ -219,6 +241,7 @@ def _run_fit(args) -> int:
                                           seed=config.seed, progress=not args.no_progress)
         with atomic_write(ref_path, "wb") as f:
             np.save(f, references)
+        write_json(ref_meta, provenance)
     result = fit_cleannet(train.features, train.labels, verification, references, config=config, work_dir=work,
                           device=args.device, progress=not args.no_progress, **val)
     save_cleannet(work / MODEL_FILE, result, extra={"features": str(args.features)})
@@ -226,6 +249,20 @@ def _run_fit(args) -> int:
     print(f"CleanNet: best step {result.best_step}, validation accuracy {result.val_accuracy:.4f}, "
           f"threshold {result.threshold:.4f} -> {work / MODEL_FILE}")
     return 0
+
+
+def _array_digest(*arrays) -> str:
+    """SHA-256 of arrays' dtypes, shapes and bytes (what reference sets are built from)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def _run_score(args) -> int:

@@ -6,10 +6,14 @@ A feature file is a NumPy ``.npz`` (read with ``allow_pickle=False``) holding:
 * ``ids`` ``(N,)`` str: sample ids (image paths relative to the dataset root);
 * ``features`` ``(N, D)`` float32: pooled penultimate activations;
 * ``labels`` ``(N,)`` int64: the dataset's (noisy) labels, ``-1`` where none;
-* ``meta``: a JSON string (model, checkpoint, dataset, ...).
+* ``meta``: a JSON string (model, checkpoint, dataset, ...; under ``"fingerprint"`` what made
+  the features, see below).
 
 :func:`extract_features` works in chunks of ``chunk_size`` samples; each finished chunk is
-saved atomically under ``OUT.parts/``, so an interrupted run resumes where it stopped. Under
+saved atomically under ``OUT.parts/``, so an interrupted run resumes where it stopped. An
+existing file or unfinished extraction is reused only if its ids **and fingerprint** (the
+model's checkpoint :func:`file_fingerprint`, a digest of its config, ...) are those asked for;
+otherwise it is refused (``overwrite=True`` / ``--overwrite`` recomputes). Under
 ``torchrun`` (``torch.distributed`` initialised) chunk ``c`` goes to rank ``c % world_size``;
 rank 0 merges the chunks into ``OUT`` once every rank is done. Each chunk is cut into the same
 batches whatever the number of processes, so 1 and N processes write identical files.
@@ -29,6 +33,38 @@ from labelwise.errors import ConfigError, DataError
 from labelwise.utils.fileio import atomic_write, write_json
 
 FORMAT = "labelwise-features/1"
+_FINGERPRINT_BYTES = 1 << 20
+
+
+def file_fingerprint(path) -> dict:
+    """A cheap content fingerprint of a file (a checkpoint): size and SHA-256 of its ends.
+
+    The digest covers the first and the last MiB (the whole file when it is at most 2 MiB).
+    For a checkpoint written by ``torch.save`` (a zip archive) the last MiB holds the archive's
+    central directory, which lists a CRC-32 of every stored tensor, so changed weights change
+    the fingerprint; reading two MiB keeps it instant for multi-GB files. The path and the
+    modification time are left out, so a copied or moved checkpoint still matches. (The same
+    rule as :func:`labelwise.plugins.refinery.store.file_fingerprint`; each method folder is
+    self-contained.)
+
+    Returns:
+        ``{"bytes": size, "sha256_ends": hex digest}``.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            digest.update(f.read(_FINGERPRINT_BYTES))
+            if size > 2 * _FINGERPRINT_BYTES:
+                f.seek(size - _FINGERPRINT_BYTES)
+            digest.update(f.read())
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return {"bytes": size, "sha256_ends": digest.hexdigest()}
 
 
 @dataclasses.dataclass
@@ -98,6 +134,7 @@ def extract_features(
     num_workers: int = 0,
     collate_fn=None,
     meta: dict | None = None,
+    fingerprint: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -114,7 +151,12 @@ def extract_features(
         batch_size: items per ``embed`` call.
         chunk_size: items per resumable unit (a multiple of ``batch_size`` keeps batches full).
         num_workers, collate_fn: passed to the :class:`torch.utils.data.DataLoader`.
-        meta: stored in the file as JSON.
+        meta: stored in the file as JSON (a description; not compared).
+        fingerprint: JSON-serialisable identity of what computes the features (e.g. the
+            checkpoint's :func:`file_fingerprint` and a digest of the model config), stored as
+            ``meta["fingerprint"]`` and in ``OUT.parts/plan.json``. An existing ``out`` or
+            unfinished ``OUT.parts`` with another fingerprint (or none, when one is given) is
+            refused, never reused or resumed.
         overwrite: recompute even if ``out`` exists, discarding finished chunks.
         progress: show a progress bar (rank 0 only).
 
@@ -123,7 +165,8 @@ def extract_features(
 
     Raises:
         DataError: ``ids`` and ``dataset`` disagree in length; an existing ``out`` or an
-            unfinished ``OUT.parts`` belongs to other data; ``embed`` returned a wrong shape.
+            unfinished ``OUT.parts`` belongs to other data or another fingerprint; ``embed``
+            returned a wrong shape.
     """
     from tqdm.auto import tqdm
 
@@ -136,22 +179,36 @@ def extract_features(
         raise ConfigError(f"batch_size and chunk_size must be >= 1, got {batch_size!r}, {chunk_size!r}")
     ids = [str(i) for i in ids]
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    fingerprint = json.loads(json.dumps(fingerprint or {}))  # as it reads back from JSON
     if out.is_file() and not overwrite:
         existing = load_features(out)
         if existing.ids != ids:
             raise DataError(f"{out} exists and holds features of other samples; pass overwrite=True "
                             "(--overwrite) or choose another file")
+        found = existing.meta.get("fingerprint") or {}
+        if found != fingerprint:
+            raise DataError(f"{out} exists and holds features made by another model, checkpoint or config "
+                            f"({_differences(found, fingerprint)}); it is not reused: pass overwrite=True "
+                            "(--overwrite) to recompute it, or choose another file")
         return out
+    if fingerprint:
+        meta = {**(meta or {}), "fingerprint": fingerprint}
     parts = out.with_name(out.name + ".parts")
-    plan = {"n": n, "chunk_size": int(chunk_size), "ids_sha256": digest}
+    plan = {"n": n, "chunk_size": int(chunk_size), "ids_sha256": digest, "fingerprint": fingerprint}
     if rank == 0:
         if overwrite and parts.exists():
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
         plan_file = parts / "plan.json"
-        if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-            raise DataError(f"{parts} holds an unfinished extraction of other samples or another chunk "
-                            "size; delete it or pass overwrite=True (--overwrite)")
+        if plan_file.is_file():
+            found = json.loads(plan_file.read_text())
+            found.setdefault("fingerprint", {})  # written before fingerprints were kept
+            if found != plan:
+                what = ("made by another model, checkpoint or config "
+                        f"({_differences(found['fingerprint'], fingerprint)})"
+                        if found["fingerprint"] != fingerprint else "of other samples or another chunk size")
+                raise DataError(f"{parts} holds an unfinished extraction {what}; it is not resumed: delete it "
+                                "or pass overwrite=True (--overwrite)")
         write_json(plan_file, plan)
     _barrier(world)
 
@@ -184,6 +241,11 @@ def extract_features(
         shutil.rmtree(parts)
     _barrier(world)
     return out
+
+
+def _differences(found: dict, wanted: dict) -> str:
+    keys = sorted(set(found) | set(wanted))
+    return "; ".join(f"{k}: {found.get(k)!r}, now {wanted.get(k)!r}" for k in keys if found.get(k) != wanted.get(k))
 
 
 def _barrier(world: int) -> None:

@@ -38,8 +38,10 @@ def add_commands(subparsers) -> None:
                          help="side of the square the whole image is resized to (default for timm: the "
                          "model's pretrained input size; required for mmpretrain)")
     relabel.add_argument("--mean", type=_floats, default=None,
-                         help="per-channel mean in 0..255 units, RGB (default: the config's "
-                         "data_preprocessor / the timm model's pretrained config)")
+                         help="per-channel mean in 0..255 units, in the order of the channels the annotator "
+                         "receives: RGB, or BGR for an mmpretrain config with to_rgb=False, as its "
+                         "data_preprocessor applies it (default: the config's data_preprocessor / the timm "
+                         "model's pretrained config)")
     relabel.add_argument("--std", type=_floats, default=None, help="per-channel std, as --mean")
     relabel.add_argument("--topk", type=int, default=5, help="classes kept per map location (default: 5)")
     relabel.add_argument("--batch-size", type=int, default=64, help="default: 64")

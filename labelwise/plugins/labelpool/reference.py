@@ -49,6 +49,15 @@ class ReferenceLabelMaps:
     def get(self, key) -> tuple[np.ndarray, np.ndarray]:
         """``(scores (k, h, w) float32, ids (k, h, w) int64)`` of one image.
 
+        The file is read with ``torch.load(weights_only=True)`` directly, not with
+        :func:`labelwise.checkpoint.load_checkpoint`: a reference map file is one bare tensor,
+        and ``load_checkpoint`` accepts only dicts (it refuses anything else with a
+        ``CheckpointError``). This is as safe, and stricter: ``weights_only=True`` without
+        ``load_checkpoint``'s allow-list unpickles only tensors, storages and plain containers,
+        never code; a file referencing any other global (a class, a function) is refused here
+        with a ``DataError``, and anything but a ``[2, k, h, w]`` tensor is refused after
+        loading.
+
         Raises:
             DataError: the file is missing, unreadable, not a ``[2, k, h, w]`` tensor, or holds
                 ids that are not integers in ``[0, num_classes)``.

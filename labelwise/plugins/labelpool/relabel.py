@@ -25,10 +25,15 @@ class WholeImageLoader:
     Args:
         root: directory the keys are relative to.
         size: output side ``S`` (the annotator's input size).
-        mean, std: per-channel normalisation in 0..255 units, in RGB order.
+        mean, std: per-channel normalisation in 0..255 units, in the channel order the
+            annotator receives: RGB, or BGR with ``bgr=True``.
         bgr: give the annotator BGR channel order (mmpretrain configs with ``to_rgb=False``).
 
-    ``loader(key)`` returns float32 ``(3, S, S)``.
+    ``loader(key)`` returns float32 ``(3, S, S)``. The channels are put in the annotator's order
+    first and normalised after, as mmpretrain's ``ClsDataPreprocessor`` does: it flips the BGR
+    image it is given to RGB (``to_rgb=True``) before subtracting ``mean``, and with
+    ``to_rgb=False`` applies ``mean`` / ``std`` to the BGR channels. So an mmpretrain config's
+    ``mean`` / ``std`` / ``to_rgb`` can be passed unchanged (``bgr = not to_rgb``).
     """
 
     def __init__(self, root, *, size: int, mean: Sequence[float], std: Sequence[float], bgr: bool = False):
@@ -50,8 +55,9 @@ class WholeImageLoader:
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-        x = (x - self.mean) / self.std
-        return x.flip(0) if self.bgr else x
+        if self.bgr:
+            x = x.flip(0)
+        return (x - self.mean) / self.std
 
 
 class _KeyDataset(torch.utils.data.Dataset):

@@ -66,7 +66,8 @@ def labelwise_add_commands(subparsers):
         "mmpretrain config, through the config's test pipeline (no random crop), and store the "
         "top-k probabilities per image in OUT (memory-mapped .npy files). Serve them in training "
         "with dict(type='labelwise.LoadRefinedLabels', store=OUT). An approximation of the online "
-        "method: one label per image instead of one per crop. Resumes an interrupted build.",
+        "method: one label per image instead of one per crop. Resumes an interrupted build; a store "
+        "in OUT made from another checkpoint, config or settings is refused (--overwrite rebuilds it).",
     )
     store.add_argument("--config", required=True, help="the refinery's config (file or built-in name)")
     store.add_argument("--checkpoint", required=True, help="the refinery's weights")
@@ -77,6 +78,9 @@ def labelwise_add_commands(subparsers):
     store.add_argument("--topk", type=int, default=5, help="probabilities kept per image (default: 5)")
     store.add_argument("--batch-size", type=int, default=64, help="default: 64")
     store.add_argument("--bn-mode", choices=("eval", "train"), default="eval", help="default: eval")
+    store.add_argument("--overwrite", action="store_true",
+                       help="rebuild a store (or unfinished build) in OUT made from another checkpoint, config or "
+                       "settings, which is otherwise refused")
     store.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     store.set_defaults(func=_run_store)
 
@@ -100,7 +104,8 @@ def _run_store(args) -> int:
 
     out = build_refined_label_store(
         args.config, args.checkpoint, args.out, data_root=args.data_root, ann_file=args.ann_file,
-        k=args.topk, batch_size=args.batch_size, bn_mode=args.bn_mode, progress=not args.no_progress,
+        k=args.topk, batch_size=args.batch_size, bn_mode=args.bn_mode, overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     print(f"refined labels: {out}")
     return 0

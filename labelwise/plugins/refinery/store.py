@@ -10,13 +10,16 @@ per step.
 Layout of a store directory (every file written atomically; ``meta.json`` last, so its
 presence means the store is complete)::
 
-    meta.json     {"format", "num_classes", "k", "count", "rest", "info"}
+    meta.json     {"format", "ids_sha1", "count", "k", "num_classes", "provenance", "rest", "info"}
     ids.txt       one sample id per line (the image path relative to the dataset root)
     values.npy    (N, k) float16 probabilities, largest first
     indices.npy   (N, k) int16 class indices (int32 when num_classes > 32767)
 
 A build in progress keeps ``*.npy.partial`` files and ``progress.json`` (rows done) and is
-resumed by the next :func:`write_refined_labels` call with the same ids and settings.
+resumed by the next :func:`write_refined_labels` call with the same ids, settings and
+provenance (what made the labels: the refinery checkpoint's :func:`file_fingerprint`, its
+config, ...). A store or unfinished build with another provenance is refused, never reused or
+resumed; ``overwrite=True`` (``labelwise refine-store --overwrite``) rebuilds it.
 """
 from __future__ import annotations
 
@@ -38,6 +41,39 @@ FORMAT = "labelwise-refined-labels/1"
 #: rescales the top ``k`` to sum to 1.
 REST_MODES = ("uniform", "renormalize")
 _FILES = ("meta.json", "ids.txt", "values.npy", "indices.npy")
+_PARTIAL = ("progress.json", "values.npy.partial", "indices.npy.partial")
+#: What a store is keyed on: it is reused (or its build resumed) only if all of these match.
+_KEY_FIELDS = ("ids_sha1", "count", "k", "num_classes", "provenance")
+_FINGERPRINT_BYTES = 1 << 20
+
+
+def file_fingerprint(path) -> dict:
+    """A cheap content fingerprint of a file (a checkpoint): size and SHA-256 of its ends.
+
+    The digest covers the first and the last MiB (the whole file when it is at most 2 MiB).
+    For a checkpoint written by ``torch.save`` (a zip archive) the last MiB holds the archive's
+    central directory, which lists a CRC-32 of every stored tensor, so changed weights change
+    the fingerprint; reading two MiB keeps it instant for multi-GB files. The path and the
+    modification time are left out, so a copied or moved checkpoint still matches.
+
+    Returns:
+        ``{"bytes": size, "sha256_ends": hex digest}``.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            digest.update(f.read(_FINGERPRINT_BYTES))
+            if size > 2 * _FINGERPRINT_BYTES:
+                f.seek(size - _FINGERPRINT_BYTES)
+            digest.update(f.read())
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return {"bytes": size, "sha256_ends": digest.hexdigest()}
 
 
 def topk_soft_labels(probs: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +138,8 @@ def write_refined_labels(
     batch_size: int = 64,
     rest: str = "uniform",
     info: dict | None = None,
+    provenance: dict | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
     """Compute and store top-``k`` refined labels for ``ids``; resume an interrupted build.
@@ -116,12 +154,22 @@ def write_refined_labels(
         batch_size: rows per ``predict`` call (default 64).
         rest: how :class:`RefinedLabelStore` expands labels (see :func:`expand_topk`).
         info: JSON-serialisable description saved in ``meta.json`` (refinery checkpoint,
-            config, view, ...).
+            config, view, ...); not compared.
+        provenance: JSON-serialisable identity of what makes the labels (e.g. the refinery
+            checkpoint's :func:`file_fingerprint`, a digest of its config, the BatchNorm
+            mode); saved in ``meta.json`` and compared.
+        overwrite: delete a store or unfinished build in ``directory`` first and build anew.
         progress: show a tqdm bar.
 
     Returns:
         ``directory`` as a :class:`~pathlib.Path`. A complete store there with the same ids,
-        ``k`` and ``num_classes`` is reused as is; a different complete store is refused.
+        ``k``, ``num_classes`` and ``provenance`` is reused as is; an unfinished build with
+        the same ones is resumed.
+
+    Raises:
+        DataError: ``directory`` holds a store or an unfinished build with other ids,
+            settings or provenance (the message names what differs); pass ``overwrite=True``
+            or use another directory.
     """
     from tqdm.auto import tqdm
 
@@ -138,22 +186,26 @@ def write_refined_labels(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    key = {"ids_sha1": _digest(ids), "count": len(ids), "k": k, "num_classes": num_classes}
+    key = {"ids_sha1": _digest(ids), "count": len(ids), "k": k, "num_classes": num_classes,
+           "provenance": json.loads(json.dumps(provenance or {}))}  # as it reads back from JSON
+    if overwrite:
+        for name in (*_FILES, *_PARTIAL):
+            (directory / name).unlink(missing_ok=True)
     if (directory / "meta.json").exists():
-        meta = json.loads((directory / "meta.json").read_text())
-        found = {"ids_sha1": meta.get("ids_sha1"), "count": meta.get("count"), "k": meta.get("k"),
-                 "num_classes": meta.get("num_classes")}
+        found = _key_of(json.loads((directory / "meta.json").read_text()))
         if found != key:
-            raise DataError(f"{directory} holds a different refined-label store ({found}); "
-                            f"expected {key}: use another directory")
+            raise DataError(_mismatch(directory, "a different refined-label store", found, key))
         return directory
 
     state_path = directory / "progress.json"
     values_tmp, indices_tmp = directory / "values.npy.partial", directory / "indices.npy.partial"
     done = 0
-    if state_path.exists() and values_tmp.exists() and indices_tmp.exists():
+    if state_path.exists():
         state = json.loads(state_path.read_text())
-        if {k_: state.get(k_) for k_ in key} == key:
+        found = _key_of(state)
+        if found != key:
+            raise DataError(_mismatch(directory, "an unfinished build of different refined labels", found, key))
+        if values_tmp.exists() and indices_tmp.exists():
             done = int(state["rows_done"])
     n, mode = len(ids), ("r+" if done else "w+")
     values = np.lib.format.open_memmap(values_tmp, mode=mode, dtype=np.float16, shape=(n, k))
@@ -241,6 +293,25 @@ class RefinedLabelStore:
         """The stored label of image ``path`` as a float32 distribution ``(C,)``."""
         row = self.row_of(path)
         return expand_topk(self.values[row], self.indices[row], self.num_classes, rest=self.rest)
+
+
+def _key_of(meta: dict) -> dict:
+    found = {name: meta.get(name) for name in _KEY_FIELDS}
+    found["provenance"] = found["provenance"] or {}  # stores written before provenance was kept
+    return found
+
+
+def _mismatch(directory: Path, what: str, found: dict, key: dict) -> str:
+    differ = []
+    for name in _KEY_FIELDS:
+        if name == "provenance":
+            for field in sorted(set(found[name]) | set(key[name])):
+                if found[name].get(field) != key[name].get(field):
+                    differ.append(f"provenance {field!r}: {found[name].get(field)!r}, now {key[name].get(field)!r}")
+        elif found[name] != key[name]:
+            differ.append(f"{name}: {found[name]!r}, now {key[name]!r}")
+    return (f"{directory} holds {what} ({'; '.join(differ)}); it is neither reused nor resumed: use another "
+            "output directory, or pass overwrite=True (labelwise refine-store --overwrite) to rebuild it")
 
 
 def _index_dtype(num_classes: int):
