@@ -34,6 +34,7 @@ import torch
 
 from labelwise.errors import ConfigError, DataError
 from labelwise.utils.fileio import atomic_write, write_json
+from labelwise.utils.fingerprint import file_fingerprint  # noqa: F401 (part of this module's API)
 
 FORMAT = "labelwise-refined-labels/1"
 #: How the probability mass outside the top ``k`` is given back when a label is expanded:
@@ -44,36 +45,6 @@ _FILES = ("meta.json", "ids.txt", "values.npy", "indices.npy")
 _PARTIAL = ("progress.json", "values.npy.partial", "indices.npy.partial")
 #: What a store is keyed on: it is reused (or its build resumed) only if all of these match.
 _KEY_FIELDS = ("ids_sha1", "count", "k", "num_classes", "provenance")
-_FINGERPRINT_BYTES = 1 << 20
-
-
-def file_fingerprint(path) -> dict:
-    """A cheap content fingerprint of a file (a checkpoint): size and SHA-256 of its ends.
-
-    The digest covers the first and the last MiB (the whole file when it is at most 2 MiB).
-    For a checkpoint written by ``torch.save`` (a zip archive) the last MiB holds the archive's
-    central directory, which lists a CRC-32 of every stored tensor, so changed weights change
-    the fingerprint; reading two MiB keeps it instant for multi-GB files. The path and the
-    modification time are left out, so a copied or moved checkpoint still matches.
-
-    Returns:
-        ``{"bytes": size, "sha256_ends": hex digest}``.
-
-    Raises:
-        DataError: the file cannot be read.
-    """
-    path = Path(path)
-    digest = hashlib.sha256()
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            digest.update(f.read(_FINGERPRINT_BYTES))
-            if size > 2 * _FINGERPRINT_BYTES:
-                f.seek(size - _FINGERPRINT_BYTES)
-            digest.update(f.read())
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return {"bytes": size, "sha256_ends": digest.hexdigest()}
 
 
 def topk_soft_labels(probs: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
