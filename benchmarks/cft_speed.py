@@ -14,10 +14,14 @@ one metric call per individual per category (scikit-learn's average_precision_sc
 ties match) over the same population logits, for --reference-generations generations; its
 total is EXTRAPOLATED to the category-generations the batched GA actually ran.
 
+Wall time depends on what else the machine runs, so each row also gives the CPU seconds of
+the process (all threads) and the 1-minute load average before and after the run.
+
 Results are cached in --out (one JSON per run), so an interrupted benchmark resumes.
 """
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -56,10 +60,13 @@ def run_mode(out, name, p, mode, args) -> dict:
         return json.loads(path.read_text())
     options = CFTOptions(optimizer=mode, epochs=args.epochs, early_stopping=args.early_stopping or None,
                          population=args.population, threads=args.threads)
+    load_before, cpu_before = os.getloadavg()[0], time.process_time()
     result = fit_calibrated_head(p["train_features"], p["train_labels"], p["val_features"], p["val_labels"],
                                  p["weight"], p["bias"], options=options, device=args.device, progress=not args.quiet)
+    cpu_seconds, load_after = time.process_time() - cpu_before, os.getloadavg()[0]
     gens = {opt: sum(r[opt]["epochs_run"] for r in result.categories if opt in r) for opt in options.optimizers}
-    row = {"mode": mode, "seconds": result.seconds, "category_epochs": gens,
+    row = {"mode": mode, "seconds": result.seconds, "cpu_seconds": cpu_seconds, "load": [load_before, load_after],
+           "category_epochs": gens,
            "test_map_before": test_map(p, p["weight"], p["bias"]), "test_map_after": test_map(p, result.weight, result.bias),
            "val_before": result.summary()["mean_score_before"], "val_after": result.summary()["mean_score_after"],
            "chosen": result.summary()["chosen"]}
@@ -112,7 +119,7 @@ def main() -> int:
     parser.add_argument("--population", type=int, default=50)
     parser.add_argument("--reference-generations", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CFT worker threads (default: torch.get_num_threads())")
     parser.add_argument("--coco", action="store_true", help="also C 80, D 2048, N 40000/10000/10000 (GA only)")
     parser.add_argument("--small", action="store_true", help="a smoke run on a tiny input (numbers meaningless)")
     parser.add_argument("--quiet", action="store_true")
@@ -128,20 +135,23 @@ def main() -> int:
           f"{args.threads or torch.get_num_threads()} threads; schedule: population {args.population}, epochs "
           f"{args.epochs}, early stopping {args.early_stopping}")
     print("sort of (1000, 2500) float32 rows: " + ", ".join(f"{k} {v:.1f} ms" for k, v in sort_timings().items()))
-    print("\n| input | optimiser | wall s | category-generations | ms / category-generation | test mAP before -> after |")
-    print("|---|---|---|---|---|---|")
+    print("\n| input | optimiser | wall s | CPU s (all threads) | load avg before/after | category-generations | "
+          "ms / category-generation | test mAP before -> after |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, kw, modes in inputs:
         p = problem(out, name, **kw)
         for mode in modes:
             r = run_mode(out, name, p, mode, args)
             gens = sum(r["category_epochs"].values())
-            print(f"| {name} | {mode} | {r['seconds']:.1f} | {gens} | {1e3 * r['seconds'] / gens:.2f} | "
+            cpu = f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else "-"
+            load = "/".join(f"{v:.1f}" for v in r["load"]) if "load" in r else "-"
+            print(f"| {name} | {mode} | {r['seconds']:.1f} | {cpu} | {load} | {gens} | {1e3 * r['seconds'] / gens:.2f} | "
                   f"{r['test_map_before']:.2f} -> {r['test_map_after']:.2f} |")
             if mode == "ga" and args.reference_generations and args.device == "cpu":
                 per = reference_style(p, args.reference_generations, args.population)
                 ga_gens = r["category_epochs"]["ga"]
                 print(f"| {name} | reference-style GA (sklearn loop), EXTRAPOLATED from "
-                      f"{args.reference_generations} generations | {per * ga_gens:.1f} (extrapolated) | {ga_gens} | "
+                      f"{args.reference_generations} generations | {per * ga_gens:.1f} (extrapolated) | - | - | {ga_gens} | "
                       f"{1e3 * per:.2f} | - |")
     return 0
 

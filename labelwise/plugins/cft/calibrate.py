@@ -165,9 +165,8 @@ def fit_calibrated_head(
                     state.save(c, name, result)
                 bar.update(1)
 
-            def round_done(active, name=name, counter=[0]):
-                counter[0] += 1
-                bar.set_postfix_str(f"{name} round {counter[0]}, {active} categories active", refresh=False)
+            def round_done(running, name=name):
+                bar.set_postfix_str(f"{name}: {running} categories to finish", refresh=False)
 
             runner(jobs[name], options, on_done=finished, on_round=round_done)
     finally:

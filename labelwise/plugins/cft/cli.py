@@ -46,7 +46,7 @@ def add_arguments(parser) -> None:
     opt.add_argument("--clip", type=float, default=d.clip, help=f"default: {d.clip}")
     opt.add_argument("--seed", type=int, default=d.seed, help=f"default: {d.seed}")
     opt.add_argument("--chunk-rows", type=int, default=d.chunk_rows, help=f"default: {d.chunk_rows}")
-    opt.add_argument("--threads", type=int, default=None, help="ranking threads (default: torch.get_num_threads())")
+    opt.add_argument("--threads", type=int, default=None, help="worker threads, each running whole categories (default: torch.get_num_threads()); results do not depend on it")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     run.add_argument("--launcher", choices=("none", "pytorch"), default="none",

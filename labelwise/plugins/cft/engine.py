@@ -1,23 +1,20 @@
-"""The optimisation loops of CFT, run for many categories in lock step.
+"""The optimisation loops of CFT: each category runs on its own, many categories at once.
 
-Every active category advances one GA generation (or one BP step) per round; a category that
-reaches ``epochs`` or its early-stopping patience leaves the round, so it stops costing time.
+Categories run whole on worker threads (:mod:`labelwise.plugins.cft.workers`); a category
+that reaches ``epochs`` or its early-stopping patience ends, so it stops costing time.
 Each category's computation depends only on its own data, options and seed: the same shapes
-go through the same operations whichever other categories run beside it, so results do not
-depend on category order, on which categories are run together, or on how categories are
-split across processes.
+go through the same single-threaded operations whichever other categories run beside it, so
+results do not depend on category order, on which categories are run together, on the
+number of threads, or on how categories are split across processes.
 
 Cost, per GA generation and category: one ``(P, D) x (D, N_c)`` matrix product over the
-category's ``N_c`` known training rows, and one batched ranking of ``P`` rows of ``N_c``
-scores (:mod:`labelwise.plugins.cft.ranking`). On CPU the rankings of different categories run
-in a thread pool (numpy's sort releases the GIL) while the main thread computes the next
-category's product.
+category's ``N_c`` known training rows, one batched ranking of ``P`` rows of ``N_c`` scores
+(:mod:`labelwise.plugins.cft.ranking`), one generation of GA operators, and one ``(1, D) x
+(D, M_c)`` product and ranking to validate the fittest individual.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -26,6 +23,7 @@ from labelwise.plugins.cft.genetic import next_generation
 from labelwise.plugins.cft.gradient import asymmetric_loss
 from labelwise.plugins.cft.options import CFTOptions
 from labelwise.plugins.cft.ranking import batched_score
+from labelwise.plugins.cft.workers import Stopped, run_categories
 
 __all__ = ["CategoryRows", "OptimizerResult", "category_seed", "run_bp", "run_ga"]
 
@@ -71,7 +69,8 @@ class CategoryRows:
     def scores(self, rows: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, N_c)`` of head rows ``(K, D + 1)`` (weights then bias)."""
         weight, bias = rows[:, :-1], rows[:, -1:]
-        return torch.cat([torch.addmm(bias, weight, x.T) for _, x in self._chunks()], dim=1)
+        parts = [torch.addmm(bias, weight, x.T) for _, x in self._chunks()]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def loss_backward(self, row: torch.Tensor, options: CFTOptions) -> float:
         """Back-propagate BP's asymmetric loss of ``row (D + 1,)`` (a leaf), chunk by chunk."""
@@ -113,7 +112,7 @@ class _Job:
     best_score: float = 0.0
     best_at: int = -1
     epoch: int = 0
-    state: object = None  # GA: (population, generator); BP: (parameter, Adam)
+    state: object = None  # GA, while running: (population, generator)
 
     def __post_init__(self):
         self.best_row = self.row.clone()
@@ -134,7 +133,7 @@ class _Job:
 
 
 def run_ga(jobs: list[_Job], options: CFTOptions, *, on_done=None, on_round=None) -> dict[int, OptimizerResult]:
-    """Run the genetic algorithm on every job in lock step (see the module docstring).
+    """Run the genetic algorithm on every job, whole categories on worker threads.
 
     Generation ``e`` of a category: compute the training fitness of its population, validate
     the fittest individual (first on ties), keep it on strict improvement, stop or breed the
@@ -144,92 +143,72 @@ def run_ga(jobs: list[_Job], options: CFTOptions, *, on_done=None, on_round=None
     Args:
         jobs: one per category (built by :func:`make_job`).
         on_done: called as ``on_done(category, OptimizerResult)`` when a category finishes.
-        on_round: called as ``on_round(number_active)`` after every round.
+        on_round: called as ``on_round(number_still_running)`` after each ``on_done``.
 
     Returns:
         ``{category: OptimizerResult}``.
     """
-    for job in jobs:
-        device = job.row.device
-        generator = torch.Generator(device=device).manual_seed(category_seed(options.seed, job.category))
-        job.state = (job.row.repeat(options.population, 1), generator)
-    results = {}
-    threads = options.threads or torch.get_num_threads()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        active = list(jobs)
-        while active:
-            fitness = _fitness(active, options, pool, threads)
-            still = []
-            for job, fit in zip(active, fitness):
-                population, generator = job.state
-                fit = torch.as_tensor(fit, device=population.device)
-                candidate = population[int(torch.argmax(fit))]
-                if job.record(candidate, options):
-                    results[job.category] = job.result()
-                    job.state = None
-                    if on_done is not None:
-                        on_done(job.category, results[job.category])
-                    continue
-                population = next_generation(
-                    population, fit, crossover_rate=options.crossover_rate, mutation_prob=options.mutation_prob,
-                    mutation_range=options.mutation_range, elitism=options.elitism, generator=generator)
-                job.state = (population, generator)
-                still.append(job)
-            active = still
-            if on_round is not None:
-                on_round(len(active))
-    return results
+    return _run(jobs, options, _evolve, on_done, on_round)
 
 
-def _fitness(jobs: list[_Job], options: CFTOptions, pool: ThreadPoolExecutor, threads: int) -> list:
-    """Training fitness ``(P,)`` of every job's population, in job order."""
-    if jobs[0].row.device.type != "cpu":
-        return [job.train.score(job.state[0], options.metric) for job in jobs]
-    pending: collections.deque = collections.deque()
-    out: list = [None] * len(jobs)
-    for i, job in enumerate(jobs):
-        scores = job.train.scores(job.state[0]).numpy()
-        pending.append((i, pool.submit(batched_score, scores, job.train.positive, metric=options.metric)))
-        while len(pending) > 2 * threads:  # bound the memory held by queued score matrices
-            j, future = pending.popleft()
-            out[j] = future.result()
-    for j, future in pending:
-        out[j] = future.result()
-    return out
+def _evolve(job: _Job, options: CFTOptions, stop) -> OptimizerResult:
+    """The genetic algorithm on one category (see :func:`run_ga`)."""
+    device = job.row.device
+    generator = torch.Generator(device=device).manual_seed(category_seed(options.seed, job.category))
+    job.state = (job.row.repeat(options.population, 1), generator)
+    while not stop.is_set():
+        population = job.state[0]
+        fit = torch.as_tensor(_fitness([job], options, None, None)[0], device=device)
+        candidate = population[int(torch.argmax(fit))]
+        if job.record(candidate, options):
+            job.state = None
+            return job.result()
+        population = next_generation(
+            population, fit, crossover_rate=options.crossover_rate, mutation_prob=options.mutation_prob,
+            mutation_range=options.mutation_range, elitism=options.elitism, generator=generator)
+        job.state = (population, generator)
+    raise Stopped
+
+
+def _fitness(jobs: list[_Job], options: CFTOptions, pool=None, threads=None) -> list:
+    """Training fitness ``(P,)`` of each job's current population (``job.state[0]``), in job
+    order; computed in ``pool`` (an executor) when one is given, else in this thread.
+    ``threads`` is accepted for callers of the former lock-step signature and not used."""
+    def score(job):
+        return job.train.score(job.state[0], options.metric)
+
+    return list(pool.map(score, jobs)) if pool is not None else [score(job) for job in jobs]
 
 
 def run_bp(jobs: list[_Job], options: CFTOptions, *, on_done=None, on_round=None) -> dict[int, OptimizerResult]:
-    """Run the gradient variant on every job in lock step.
+    """Run the gradient variant on every job, whole categories on worker threads.
 
     Epoch ``e`` of a category: one full-batch Adam step (``options.lr``) on the asymmetric loss
     of its known training rows, then validate the updated row and keep it on strict
     improvement. Arguments and return value as :func:`run_ga`.
     """
-    for job in jobs:
-        parameter = job.row.clone().requires_grad_(True)
-        job.state = (parameter, torch.optim.Adam([parameter], lr=options.lr))
-    results = {}
-    active = list(jobs)
-    while active:
-        still = []
-        for job in active:
-            parameter, adam = job.state
-            adam.zero_grad(set_to_none=True)
-            job.train.loss_backward(parameter, options)
-            adam.step()
-            with torch.no_grad():
-                done = job.record(parameter.detach(), options)
-            if done:
-                results[job.category] = job.result()
-                job.state = None
-                if on_done is not None:
-                    on_done(job.category, results[job.category])
-            else:
-                still.append(job)
-        active = still
-        if on_round is not None:
-            on_round(len(active))
-    return results
+    return _run(jobs, options, _descend, on_done, on_round)
+
+
+def _descend(job: _Job, options: CFTOptions, stop) -> OptimizerResult:
+    """The gradient variant on one category (see :func:`run_bp`)."""
+    parameter = job.row.clone().requires_grad_(True)
+    adam = torch.optim.Adam([parameter], lr=options.lr)
+    while not stop.is_set():
+        adam.zero_grad(set_to_none=True)
+        job.train.loss_backward(parameter, options)
+        adam.step()
+        with torch.no_grad():
+            if job.record(parameter.detach(), options):
+                return job.result()
+    raise Stopped
+
+
+def _run(jobs: list[_Job], options: CFTOptions, run_one, on_done, on_round) -> dict[int, OptimizerResult]:
+    cpu = bool(jobs) and jobs[0].row.device.type == "cpu"
+    workers = options.threads or (torch.get_num_threads() if cpu else 1)
+    return run_categories(jobs, lambda job, stop: run_one(job, options, stop), workers=workers, cpu=cpu,
+                          on_done=on_done, on_round=on_round)
 
 
 def make_job(category: int, train: CategoryRows, val: CategoryRows, row: torch.Tensor, options: CFTOptions) -> _Job:

@@ -31,12 +31,16 @@ def roulette_select(fitness: torch.Tensor, num: int, *, generator: torch.Generat
     Returns:
         int64 ``(num,)`` on the fitness' device.
     """
+    return torch.multinomial(_roulette_weights(fitness), num, replacement=True, generator=generator)
+
+
+def _roulette_weights(fitness: torch.Tensor) -> torch.Tensor:
     weights = fitness.to(torch.float64)
     if bool((weights < 0).any()):
         raise ValueError("roulette selection needs fitness >= 0")
     if float(weights.sum()) <= 0.0:
         weights = torch.ones_like(weights)
-    return torch.multinomial(weights, num, replacement=True, generator=generator)
+    return weights
 
 
 def uniform_crossover(parents_1: torch.Tensor, parents_2: torch.Tensor, *, rate: float,
@@ -55,8 +59,9 @@ def mutate(population: torch.Tensor, *, prob: float, value_range: float,
     p, g = population.shape
     device = population.device
     chosen = torch.rand(p, generator=generator, device=device) < prob
-    noise = (torch.rand((p, g), generator=generator, device=device, dtype=population.dtype) * 2 - 1) * value_range
-    return population + noise * chosen[:, None].to(population.dtype)
+    noise = torch.rand((p, g), generator=generator, device=device, dtype=population.dtype)
+    noise.mul_(2).sub_(1).mul_(value_range)  # in place: the same float operations as (u * 2 - 1) * r
+    return noise.mul_(chosen[:, None].to(population.dtype)).add_(population)
 
 
 def keep_elite(children: torch.Tensor, population: torch.Tensor, fitness: torch.Tensor, *,
@@ -65,10 +70,15 @@ def keep_elite(children: torch.Tensor, population: torch.Tensor, fitness: torch.
     the first rows of ``children`` (a new tensor is returned)."""
     if elitism <= 0:
         return children
-    order = torch.sort(fitness, descending=True, stable=True).indices[:elitism]
-    out = children.clone()
-    out[:elitism] = population[order]
-    return out
+    return _place_elite(children.clone(), population, fitness, elitism)
+
+
+def _place_elite(children, population, fitness, elitism):
+    """:func:`keep_elite` writing into ``children`` itself."""
+    if elitism > 0:
+        order = torch.sort(fitness, descending=True, stable=True).indices[:elitism]
+        children[:elitism] = population.index_select(0, order)
+    return children
 
 
 def next_generation(population: torch.Tensor, fitness: torch.Tensor, *, crossover_rate: float,
@@ -83,9 +93,12 @@ def next_generation(population: torch.Tensor, fitness: torch.Tensor, *, crossove
     Returns:
         The next population ``(P, G)``.
     """
+    # The operators above, composed without their repeated checks and copies (same draws,
+    # same float operations, so the same population bit for bit).
     p = population.shape[0]
-    parents_1 = population[roulette_select(fitness, p, generator=generator)]
-    parents_2 = population[roulette_select(fitness, p, generator=generator)]
+    weights = _roulette_weights(fitness)
+    parents_1 = population.index_select(0, torch.multinomial(weights, p, replacement=True, generator=generator))
+    parents_2 = population.index_select(0, torch.multinomial(weights, p, replacement=True, generator=generator))
     children = uniform_crossover(parents_1, parents_2, rate=crossover_rate, generator=generator)
     children = mutate(children, prob=mutation_prob, value_range=mutation_range, generator=generator)
-    return keep_elite(children, population, fitness, elitism=elitism)
+    return _place_elite(children, population, fitness, elitism)

@@ -42,8 +42,10 @@ class CFTOptions:
         cache_bytes: known-row features of categories are copied into contiguous per-category
             tensors while their total stays under this many bytes (faster products); the
             rest are gathered in chunks every generation. Default 1 GiB.
-        threads: CPU threads ranking categories in parallel (numpy's sort releases the GIL).
-            ``None``: ``torch.get_num_threads()``. Default ``None``.
+        threads: worker threads, each running whole categories (on CPU with single-threaded
+            tensor operations: torch's intra-op threads are set to 1 during the run and
+            restored after). Results do not depend on it. ``None``: ``torch.get_num_threads()``
+            on CPU, 1 on other devices. Default ``None``.
     """
 
     optimizer: str = "ga"

@@ -88,16 +88,21 @@ def _check(shape, positive_len, n_pos):
         raise ValueError("positive must hold at least one True and one False")
 
 
+def _group_starts(q_sorted: np.ndarray) -> np.ndarray:
+    """For each element of ascending rows: #elements < it, in its row."""
+    r, m = q_sorted.shape
+    new = np.ones((r, m), dtype=bool)
+    np.not_equal(q_sorted[:, 1:], q_sorted[:, :-1], out=new[:, 1:])
+    return np.maximum.accumulate(np.where(new, np.arange(m), 0), axis=1)
+
+
 def _group_bounds(q_sorted: np.ndarray):
     """For each element of ascending rows: #elements < it and #elements <= it, in its row."""
     r, m = q_sorted.shape
-    idx = np.broadcast_to(np.arange(m), (r, m))
-    new = np.ones((r, m), dtype=bool)
-    new[:, 1:] = q_sorted[:, 1:] != q_sorted[:, :-1]
-    lt = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    lt = _group_starts(q_sorted)
     last = np.ones((r, m), dtype=bool)
-    last[:, :-1] = new[:, 1:]
-    le = np.minimum.accumulate(np.where(last, idx, m)[:, ::-1], axis=1)[:, ::-1] + 1
+    np.not_equal(q_sorted[:, :-1], q_sorted[:, 1:], out=last[:, :-1])
+    le = np.minimum.accumulate(np.where(last, np.arange(m), m)[:, ::-1], axis=1)[:, ::-1] + 1
     return lt, le
 
 
@@ -112,14 +117,13 @@ def _numpy_counts(scores, positive, reduce):
     all_sorted = np.sort(scores, axis=1)
     # One call per row: numpy has no batched searchsorted, and the per-row calls on cache-sized
     # rows measured as fast as one call on rows offset into a single sorted array.
-    lt_all = np.stack([np.searchsorted(row, qr, side="left") for row, qr in zip(all_sorted, q)])
-    if reduce is _auc_from_counts:
-        le_all = np.stack([np.searchsorted(row, qr, side="right") for row, qr in zip(all_sorted, q)])
-    else:
-        le_all = lt_all  # AP needs only the counts below
+    lt_all = np.stack([row.searchsorted(qr, side="left") for row, qr in zip(all_sorted, q)])
+    n, f64 = float(scores.shape[1]), np.float64
+    if reduce is _ap_from_counts:  # AP needs only the counts below
+        return reduce(lt_all.astype(f64), None, _group_starts(q).astype(f64), None, n, float(n_pos), np)
+    le_all = np.stack([row.searchsorted(qr, side="right") for row, qr in zip(all_sorted, q)])
     lt_pos, le_pos = _group_bounds(q)
-    return reduce(lt_all.astype(np.float64), le_all.astype(np.float64), lt_pos.astype(np.float64),
-                  le_pos.astype(np.float64), float(scores.shape[1]), float(n_pos), np)
+    return reduce(lt_all.astype(f64), le_all.astype(f64), lt_pos.astype(f64), le_pos.astype(f64), n, float(n_pos), np)
 
 
 def _torch_counts(scores, positive, reduce):
