@@ -13,6 +13,9 @@ docs/benchmarks.md); only the loss / head / classifier differ:
     pumlc-mixup  pumlc/digits_partial_pumlc_mixup PU-MLC loss + MixUp regulariser
     pumlc-lgc    pumlc/digits_partial_pumlc_lgc   PU-MLC loss + local-global convolution
 
+With ``--pretrained CKPT`` every run starts from that backbone (the digit-scenes analogue of
+ImageNet pretraining, made by ``benchmarks/pretrain_backbone.py`` on disjoint images).
+
 Generates the default digit scenes (seed 0) under OUT/data if missing. Finished runs
 (OUT/runs/<variant>-p<p>-seed<s>/metrics.json) are reused, so the script resumes. Prints a
 markdown table and the per-seed values.
@@ -46,6 +49,9 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default="negative,ignore,asl,pumlc,pumlc-mixup")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--pretrained", default=None,
+                        help="start every run from this backbone checkpoint (benchmarks/pretrain_backbone.py); "
+                        "runs go to OUT/runs-pretrained")
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -54,16 +60,24 @@ def main() -> int:
     data_root = args.data_root or make_dataset(f"{args.out}/data", seed=0, p=(0.1, 0.3, 0.5), progress=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [(v, p, s) for p in args.ps.split(",") for v in variants for s in seeds]
+    runs_dir = Path(args.out) / ("runs-pretrained" if args.pretrained else "runs")
+    cfg_options = None
+    if args.pretrained:
+        if not Path(args.pretrained).is_file():
+            parser.error(f"--pretrained {args.pretrained}: no such checkpoint")
+        cfg_options = {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=str(args.pretrained),
+                                                       prefix="backbone.")}
     results = {}
     for i, (variant, p, seed) in enumerate(runs, 1):
-        work_dir = Path(args.out) / "runs" / f"{variant}-p{p}-seed{seed}"
+        work_dir = runs_dir / f"{variant}-p{p}-seed{seed}"
         done = work_dir / METRICS_FILE
         if done.exists():
             result = json.loads(done.read_text())
         else:
             print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed} ...", file=sys.stderr, flush=True)
             result = train_baseline("mmpretrain", data_root=data_root, regime=f"partial-p{p}", work_dir=work_dir,
-                                    seed=seed, epochs=args.epochs, config=VARIANTS[variant], progress=False)
+                                    seed=seed, epochs=args.epochs, config=VARIANTS[variant],
+                                    cfg_options=cfg_options, progress=False)
         print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed}: mAP {result['value']:.2f} ({result['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
         results.setdefault((variant, p), []).append(result["value"])

@@ -11,8 +11,6 @@ mmpretrain users add ``custom_imports=dict(imports=['labelwise'])`` to a config 
 use ``type='labelwise.<Name>'``; the mmengine registries live in :mod:`labelwise.registry`
 and are only imported when mmengine asks for the ``labelwise`` scope.
 """
-import sys as _sys
-
 from labelwise.errors import LabelwiseError
 from labelwise.hookspecs import hookimpl
 from labelwise.plugin_manager import MethodInfo, get_plugin_manager, list_methods
@@ -28,7 +26,8 @@ __all__ = [
     "list_methods",
 ]
 
-if "mmengine.runner" in _sys.modules:  # imported by a config run under mmengine's Runner
-    from labelwise.adapters.mmengine_checkpoint import install_safe_checkpoint_loader
+# mmengine reads its own checkpoints through labelwise's safe loader (resume / load_from under
+# torch >= 2.6); this imports nothing from mmengine (see labelwise.adapters.mmengine_checkpoint)
+from labelwise.adapters.mmengine_checkpoint import install_when_mmengine_loads as _install  # noqa: E402
 
-    install_safe_checkpoint_loader()
+_install()

@@ -37,6 +37,7 @@ def train_baseline(
     batch_size: int = 64,
     lr: float = 0.002,
     config: str | None = None,
+    cfg_options: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -54,6 +55,9 @@ def train_baseline(
             then cosine).
         config: mmpretrain only: a config file or built-in name (default: the regime's
             ``baseline/digits_*`` config).
+        cfg_options: mmpretrain only: extra ``{'dotted.key': value}`` config overrides, applied
+            after the regime's, e.g. ``{'model.backbone.init_cfg': dict(type='Pretrained',
+            checkpoint=..., prefix='backbone.')}`` to start from a pretrained backbone.
         overwrite: replace the results of a previous run in ``work_dir``.
         progress: show progress bars (timm) / log lines (mmpretrain).
 
@@ -69,25 +73,31 @@ def train_baseline(
         raise ConfigError(f"regime {regime!r} is not in {data_root}; available: {', '.join(manifest['regime_dirs'])}")
     work_dir = Path(work_dir)
     if (work_dir / METRICS_FILE).exists() and not overwrite:
-        raise DataError(f"{work_dir / METRICS_FILE} exists: a finished run is there (use another work dir or overwrite)")
+        raise DataError(f"{work_dir / METRICS_FILE} exists: a finished run is there (use another --work-dir, "
+                        "or --overwrite / overwrite=True to replace it)")
     work_dir.mkdir(parents=True, exist_ok=True)
     multi_label = not Regime.from_name(regime).is_single_label
     start = time.perf_counter()
     if framework == "mmpretrain":
         value = _train_mmpretrain(config or baseline_config_name(regime), data_root, regime, work_dir,
-                                  seed, epochs, batch_size, lr, multi_label)
+                                  seed, epochs, batch_size, lr, multi_label, cfg_options)
     else:
+        if cfg_options:
+            raise ConfigError("cfg_options apply to the mmpretrain framework only")
         value = _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label, progress)
     result = {
         "framework": framework, "regime": regime, "seed": seed, "epochs": epochs,
         "metric": "mAP" if multi_label else "top1", "value": round(value, 4),
         "seconds": round(time.perf_counter() - start, 1), "data_root": str(data_root),
     }
+    if cfg_options:
+        result["cfg_options"] = {key: repr(value) for key, value in cfg_options.items()}
     write_json(work_dir / METRICS_FILE, result)
     return result
 
 
-def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label) -> float:
+def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label,
+                      cfg_options=None) -> float:
     from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
 
     kind = "json" if multi_label else "txt"
@@ -97,6 +107,7 @@ def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_s
         "train_dataloader.dataset.ann_file": f"{regime}/train.{kind}",
         # the test split of every regime is fully and correctly labelled
         "test_dataloader.dataset.ann_file": f"{'multilabel' if multi_label else 'single'}/test.{kind}",
+        **(cfg_options or {}),
     }
     cfg = load_config(config, work_dir=work_dir / "mmpretrain", data_root=data_root, seed=seed,
                       epochs=epochs, cfg_options=options)

@@ -70,3 +70,15 @@ def test_installing_twice_is_a_no_op():
     install_safe_checkpoint_loader()
     assert install_safe_checkpoint_loader() is False
     assert CheckpointLoader._schemes[""] is load_from_local
+
+
+def test_installed_whatever_the_import_order():
+    code = ("import labelwise, sys\n"
+            "assert 'mmengine' not in sys.modules  # importing labelwise stays cheap\n"
+            "from mmengine.runner.checkpoint import CheckpointLoader\n"
+            "print(CheckpointLoader._schemes[''].__module__)\n")
+    assert run_python("-c", code).stdout.strip() == "labelwise.adapters.mmengine_checkpoint"
+    late = ("from mmengine.runner.checkpoint import CheckpointLoader\n"
+            "import labelwise\n"
+            "print(CheckpointLoader._schemes[''].__module__)\n")
+    assert run_python("-c", late).stdout.strip() == "labelwise.adapters.mmengine_checkpoint"

@@ -129,3 +129,29 @@ def test_partial_labels_reach_the_data_sample(tiny_digits):
     sample = ds[5]["data_samples"]
     assert np.array_equal(np.asarray(sample.partial_labels), expected[5])
     assert sorted(sample.gt_label.tolist()) == np.flatnonzero(expected[5] == 1).tolist()
+
+
+def test_pretrained_backbone_through_cfg_options(tiny_digits, tmp_path):
+    """``cfg_options`` reach the config: a backbone ``init_cfg=Pretrained`` loads another run's
+    backbone (through mmengine's loader, i.e. labelwise's safe one) and leaves the head alone."""
+    import torch
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    from labelwise.adapters.mmpretrain.runner import load_config
+    from labelwise.checkpoint import load_checkpoint
+    from labelwise.train import train_baseline
+
+    result = train_baseline("mmpretrain", data_root=tiny_digits, regime="single", work_dir=tmp_path / "pre",
+                            epochs=1, batch_size=40, progress=False)
+    checkpoint = tmp_path / "pre" / "mmpretrain" / "epoch_1.pth"
+    assert result["value"] >= 0 and checkpoint.is_file()
+    options = {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=str(checkpoint), prefix="backbone.")}
+    cfg = load_config("baseline/digits_partial", work_dir=tmp_path / "w", data_root=tiny_digits, seed=1,
+                      cfg_options=options)
+    init_default_scope("mmpretrain")
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    state = load_checkpoint(checkpoint)["state_dict"]
+    assert torch.equal(model.backbone.layer3[0].conv1.weight, state["backbone.layer3.0.conv1.weight"])
+    assert not torch.equal(model.head.fc.weight, state["head.fc.weight"])
