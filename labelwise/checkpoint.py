@@ -331,6 +331,7 @@ def _load_error_message(path: Path, head: bytes, error: Exception) -> str:
         return (f"refused to load checkpoint {path}: {reason}; expected only tensors, "
                 "containers and the types in labelwise.checkpoint.safe_globals()")
     first_line = (text.strip().splitlines() or [type(error).__name__])[0]
+    first_line = first_line.split(". This is an internal miniz error")[0]  # torch's advice follows
     return (f"checkpoint {path} is truncated or corrupt: expected a complete file written by "
             f"torch.save ({type(error).__name__}: {first_line})")
 

@@ -158,7 +158,7 @@ def load_manifest(root) -> dict:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"dataset root {root} does not exist (build it with make_dataset)")
+        raise DataError(f"dataset root {root} does not exist (build it with `labelwise data make` or make_dataset)")
     path = root / MANIFEST
     try:
         with open(path, encoding="utf-8") as f:
@@ -301,7 +301,7 @@ def _prepare_root(root: Path, params: dict, *, overwrite: bool) -> str:
         reason = f"holds a {what} with different parameters ({', '.join(diff) or 'version'})"
     else:
         reason = "is not empty and holds no labelwise dataset"
-    raise DataError(f"dataset root {root} {reason}; pass overwrite=True to rebuild it there")
+    raise DataError(f"dataset root {root} {reason}; pass --overwrite (overwrite=True) to rebuild it there")
 
 
 def _read_state(path: Path) -> dict | None:

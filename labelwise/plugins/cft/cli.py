@@ -1,6 +1,8 @@
 """``labelwise cft``: calibrate a head from a saved ``.npz`` or an mmpretrain config + checkpoint."""
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +70,21 @@ def load_npz(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected a .npz with keys {', '.join(NPZ_KEYS)}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(b"PK"):
+        raise DataError(f"{path}: not a .npz archive (numpy.savez writes a zip file; this one starts with {head!r})")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: holds an object array, which is not read (it would be unpickled); expected "
+                            "numeric arrays and string class_names") from exc
         raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file, truncated or corrupt "
+                        f"({type(exc).__name__}: {exc})") from exc
     missing = [k for k in NPZ_KEYS if k not in data]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)} "
@@ -80,19 +92,50 @@ def load_npz(path) -> dict:
     return data
 
 
+def check_output_folder(out: Path, options: CFTOptions, *, source) -> None:
+    """Refuse an output folder holding the results of another CFT run.
+
+    A folder with resumable state (``cft_state/``) is checked by the state itself; this covers a
+    ``cft_report.json`` left without it: it must come from the same source file (``.npz`` or
+    checkpoint, compared by SHA-256) and the same result-changing options, else the run would
+    overwrite another run's results.
+
+    Raises:
+        DataError: the report is unreadable or records another source or other options.
+    """
+    from labelwise.plugins.cft.outputs import OUTPUT_FILES, file_sha256
+
+    report_path = out / OUTPUT_FILES["report"]
+    if not report_path.is_file() or (out / "cft_state" / "state.json").is_file():
+        return
+    advice = f"use another --out or delete {out} to start over"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        found = dict(report.get("options") or {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise DataError(f"{report_path} is not a readable CFT report ({exc}); {advice}") from exc
+    differ = [f"{key}: {found.get(key)!r}, now {value!r}" for key, value in options.result_dict().items()
+              if found.get(key) != value]
+    if Path(source).is_file() and report.get("source_sha256") != file_sha256(source):
+        differ.insert(0, f"source {report.get('source')!r} with another SHA-256")
+    if differ:
+        raise DataError(f"{report_path} holds the results of another CFT run ({'; '.join(differ)}); {advice}")
+
+
 def run(args) -> int:
     from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, init_from_env, is_main_process
     from labelwise.plugins.cft.outputs import file_sha256, write_outputs
 
     if bool(args.npz) == bool(args.config):
-        raise ConfigError("labelwise cft: give either --npz FILE or --config CONFIG --checkpoint CKPT")
+        raise ConfigError("give either --npz FILE or --config CONFIG --checkpoint CKPT")
     options = options_from_args(args)
     if args.launcher == "pytorch":
         init_from_env(args.device)
     out = Path(args.out)
     if args.config:
         if not args.checkpoint:
-            raise ConfigError("labelwise cft --config needs --checkpoint")
+            raise ConfigError("--config needs --checkpoint")
+        check_output_folder(out, options, source=args.checkpoint)
         from labelwise.adapters.mmpretrain.cft import calibrate_checkpoint
 
         summary = calibrate_checkpoint(args.config, args.checkpoint, out, options=options, data_root=args.data_root,
@@ -100,12 +143,18 @@ def run(args) -> int:
                                        onnx=not args.no_onnx, plot=not args.no_plot, progress=not args.no_progress)
     else:
         data = load_npz(args.npz)
+        check_output_folder(out, options, source=args.npz)
         names = [str(n) for n in data["class_names"]] if "class_names" in data else None
         arrays = {k: data[k] for k in NPZ_KEYS}
-        result = fit_calibrated_head_distributed(
-            arrays["train_features"], arrays["train_labels"], arrays["val_features"], arrays["val_labels"],
-            arrays["weight"], arrays["bias"], options=options, class_names=names, device=args.device,
-            state_dir=out / "cft_state", progress=not args.no_progress)
+        try:
+            result = fit_calibrated_head_distributed(
+                arrays["train_features"], arrays["train_labels"], arrays["val_features"], arrays["val_labels"],
+                arrays["weight"], arrays["bias"], options=options, class_names=names, device=args.device,
+                state_dir=out / "cft_state", progress=not args.no_progress)
+        except (DataError, ConfigError) as exc:
+            if str(exc).split(":")[0] not in (*NPZ_KEYS, "class_names"):
+                raise
+            raise type(exc)(f"{args.npz}: {exc}") from exc  # the input checks name the array, not the file
         summary = result.summary()
         if is_main_process():
             write_outputs(result, out, class_names=names or [str(i) for i in range(arrays["weight"].shape[0])],

@@ -95,6 +95,7 @@ def add_commands(subparsers) -> None:
     s.add_argument("--verification", default=None,
                    help="verification flags of these samples (report accuracy, split the histogram)")
     s.add_argument("--histogram", default=None, help="also write a PNG histogram of the scores")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing score file at --out")
     s.set_defaults(func=_run_score)
 
 
@@ -116,7 +117,11 @@ def read_verification(path, ids):
     except OSError as exc:
         raise DataError(f"cannot read verification file {path}: {exc.strerror or exc}") from exc
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc}); expected a digit-scenes labels file or a CSV "
+                            "with columns id,verified") from None
         if not isinstance(data, dict) or data.get("verified") is None or "ids" not in data:
             raise DataError(f"{path}: expected a labels file with 'ids' and 'verified' (a noisy regime)")
         table = dict(zip(data["ids"], data["verified"]))
@@ -168,6 +173,9 @@ def _run_features(args) -> int:
 
         job = timm_feature_extractor(args.model, args.checkpoint, data_root=args.data_root, ann_file=args.ann_file,
                                      device=device)
+    if len(job["ids"]) == 0:
+        raise DataError(f"annotation file {args.ann_file} (under {args.data_root}) lists no samples; expected one "
+                        "'<image path> <class id>' line per image (or an OpenMMLab .json data_list)")
     out = extract_features(job["embed"], job["dataset"], out=args.out, ids=job["ids"], labels=job["labels"],
                            batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers,
                            collate_fn=job["collate_fn"], meta=job["meta"], fingerprint=job.get("fingerprint"),
@@ -192,6 +200,7 @@ def _run_fit(args) -> int:
     from labelwise.plugins.cleannet.config import CleanNetConfig
     from labelwise.plugins.cleannet.fit import STATE_FILE, fit_cleannet, restrict_verification
     from labelwise.plugins.cleannet.references import build_reference_sets
+    from labelwise.plugins.cleannet.scoring import check_features
     from labelwise.plugins.cleannet.store import save_cleannet
     from labelwise.utils.fileio import atomic_write, write_json
 
@@ -200,6 +209,7 @@ def _run_fit(args) -> int:
     if (train.labels < 0).any():
         raise DataError(f"{args.features}: some samples have no label (-1); CleanNet scores labelled samples")
     num_classes = args.num_classes or int(train.labels.max()) + 1
+    check_features(train.features, train.labels, num_classes=num_classes, norm=config.norm, name=str(args.features))
     verification = read_verification(args.verification, train.ids)
     val = {}
     if args.val_features:
@@ -273,6 +283,9 @@ def _run_score(args) -> int:
     from labelwise.plugins.cleannet.scoring import detection_accuracy, sample_weights, score_samples
     from labelwise.plugins.cleannet.store import load_cleannet
 
+    if Path(args.out).exists() and not args.overwrite:
+        raise DataError(f"{args.out} exists: another run's scores are there (choose another --out, or --overwrite "
+                        "to replace it)")
     model_path = Path(args.model)
     if model_path.is_dir():
         model_path = model_path / MODEL_FILE

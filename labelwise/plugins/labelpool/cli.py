@@ -31,7 +31,7 @@ def add_commands(subparsers) -> None:
     source.add_argument("--config", help="mmpretrain config file or built-in name of the annotator")
     source.add_argument("--timm-model", help="timm model name of the annotator (never downloads weights)")
     relabel.add_argument("--checkpoint", required=True, help="the annotator's weights")
-    relabel.add_argument("--model-kwargs", type=json.loads, default=None,
+    relabel.add_argument("--model-kwargs", type=_json_object, default=None,
                          help="timm only: JSON of extra timm.create_model arguments, e.g. "
                          "'{\"channels\": [32, 64, 128, 256]}'")
     relabel.add_argument("--input-size", type=int, default=None,
@@ -84,13 +84,30 @@ def _raw_formatter():
 
 
 def _floats(text: str) -> list[float]:
+    """argparse type of --mean / --std (argparse prints the message after the argument's name)."""
+    import argparse
+
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"expected three comma-separated numbers, got {text!r}") from None
+        values = []
     if len(values) != 3:
-        raise ConfigError(f"expected three comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
     return values
+
+
+def _json_object(text: str) -> dict:
+    """argparse type of --model-kwargs: a JSON object."""
+    import argparse
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"channels\": [32, 64, 128, 256]}}', got {text!r}")
+    return value
 
 
 def _run_relabel(args) -> int:

@@ -174,6 +174,7 @@ def pool_label_map_numpy(
             f"label map: class ids range over [{int(ids.min())}, {int(ids.max())}], but the model "
             f"has num_classes={num_classes}; were the maps made for another label set?")
     box = np.asarray(box, dtype=np.float32).reshape(4)
+    _check_box_values(box[None])
     if coord_order == "reference":
         box = box[[1, 0, 3, 2]]
     _, h, w = scores.shape
@@ -229,9 +230,28 @@ def _check_boxes(boxes: torch.Tensor, coord_order: str) -> torch.Tensor:
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise DataError(f"crop boxes: expected shape (B, 4) of normalised (x1, y1, x2, y2), got {tuple(boxes.shape)}")
     boxes = boxes.float()
+    _check_box_values(boxes.detach().cpu().numpy(), batched=True)
     if coord_order == "reference":
         boxes = boxes[:, [1, 0, 3, 2]]
     return boxes
+
+
+#: Slack for boxes computed in float32 from pixel coordinates (a crop flush with the border).
+_BOX_TOLERANCE = 1e-4
+
+
+def _check_box_values(boxes: np.ndarray, *, batched: bool = False) -> None:
+    """Raise :class:`DataError` for the first box ``(x1, y1, x2, y2)`` that is not a non-empty
+    part of the unit square (a crop outside the image, or of zero size)."""
+    eps = _BOX_TOLERANCE
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    bad = ~((x1 >= -eps) & (y1 >= -eps) & (x2 <= 1 + eps) & (y2 <= 1 + eps) & (x1 < x2) & (y1 < y2))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        values = ", ".join(f"{float(v):.4g}" for v in boxes[i])
+        raise DataError(f"crop box {f'{i} ' if batched else ''}[{values}] (normalised x1, y1, x2, y2) is not inside "
+                        "the image; expected 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1 (a crop of the image, "
+                        "as RandomResizedCropWithBox records it)")
 
 
 def _axis_weights(low: torch.Tensor, high: torch.Tensor, size: int) -> torch.Tensor:
