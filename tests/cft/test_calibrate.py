@@ -232,3 +232,29 @@ def test_bad_input(problem):
         CFTOptions(early_stopping=0)
     with pytest.raises(ConfigError, match=r"categories: \[7\] out of range"):
         _fit(problem, categories=[7])
+
+
+def test_corrupt_resume_files_are_named(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from labelwise.errors import DataError
+    from labelwise.plugins.cft.calibrate import _State
+    from labelwise.plugins.cft.options import CFTOptions
+
+    data = {"x": np.zeros((2, 2), dtype=np.float32)}
+    state = _State(tmp_path, data, CFTOptions())
+    (tmp_path / "category00000-ga.json").write_text('{"row": [0.1, 0.2], "sco')
+    with pytest.raises(DataError, match=r"category00000-ga\.json: unreadable CFT resume file"):
+        state.load(0, "ga")
+    (tmp_path / "category00001-ga.json").write_text(json.dumps({"row": [0.1]}))
+    with pytest.raises(DataError, match=r"category00001-ga\.json: not a CFT category result"):
+        state.load(1, "ga")
+    (tmp_path / "state.json").write_text("[]")
+    with pytest.raises(DataError, match=r"state\.json: expected a JSON object"):
+        _State(tmp_path, data, CFTOptions())
+    (tmp_path / "state.json").write_text(json.dumps({"fingerprint": "other"}))
+    with pytest.raises(DataError, match=r"different CFT run .* another output folder \(--out\)"):
+        _State(tmp_path, data, CFTOptions())

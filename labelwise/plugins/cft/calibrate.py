@@ -284,11 +284,11 @@ class _State:
         self.fingerprint = fingerprint(data, options)
         meta = self.dir / "state.json"
         if meta.exists():
-            found = json.loads(meta.read_text()).get("fingerprint")
+            found = _read_state_json(meta).get("fingerprint")
             if found != self.fingerprint:
                 raise DataError(
                     f"{meta}: holds the state of a different CFT run (other inputs or options); "
-                    "use another state directory or delete it to start over")
+                    f"use another output folder (--out) or delete {self.dir} to start over")
         else:
             write_json(meta, {"format": STATE_FORMAT, "fingerprint": self.fingerprint})
 
@@ -299,10 +299,26 @@ class _State:
         path = self._path(c, name)
         if not path.exists():
             return None
-        saved = json.loads(path.read_text())
-        row = torch.tensor(saved["row"], dtype=torch.float32)
-        return OptimizerResult(row, float(saved["score"]), int(saved["epochs_run"]), int(saved["best_at"]))
+        saved = _read_state_json(path)
+        try:
+            row = torch.tensor(saved["row"], dtype=torch.float32)
+            return OptimizerResult(row, float(saved["score"]), int(saved["epochs_run"]), int(saved["best_at"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: not a CFT category result (expected keys row, score, epochs_run, best_at; "
+                            f"{type(exc).__name__}: {exc}); delete it to recompute that category") from exc
 
     def save(self, c, name, result: OptimizerResult) -> None:
         write_json(self._path(c, name), {"row": result.row.tolist(), "score": result.score,
                                           "epochs_run": result.epochs_run, "best_at": result.best_at}, indent=None)
+
+
+def _read_state_json(path: Path) -> dict:
+    """A resume file as a dict, or a DataError naming it (e.g. cut short by a crash of an
+    older version, or edited by hand)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable CFT resume file ({exc}); delete it to recompute it") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}; delete it to recompute it")
+    return data
