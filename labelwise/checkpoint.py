@@ -175,6 +175,40 @@ def save_checkpoint(obj: Any, path) -> None:
         torch.save(obj, f)
 
 
+def load_weights(model: torch.nn.Module, state_dict: Mapping, *, checkpoint, target: str,
+                 allow_unexpected: bool = False) -> None:
+    """Load ``state_dict`` into ``model``, or raise one line that names the checkpoint.
+
+    Args:
+        model: the module to fill.
+        state_dict: parameter name -> tensor (e.g. from :func:`extract_state_dict`).
+        checkpoint: the file it came from (for the message).
+        target: what the model is, for the message (``"config configs/x.py"``,
+            ``"timm model 'resnet18' (num_classes=10)"``).
+        allow_unexpected: accept keys the model does not have (e.g. a training-only module).
+
+    Raises:
+        CheckpointError: ``checkpoint X does not fit TARGET: ...`` -- the first shape mismatch
+            (and how many more), or the missing / unexpected keys.
+    """
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit {target}: {first_error_detail(exc)}") from exc
+    if allow_unexpected:
+        unexpected = []
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit {target}: {len(missing)} missing keys "
+                              f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+
+
+def first_error_detail(exc: BaseException) -> str:
+    """The first informative line of ``load_state_dict``'s multi-line error, for a one-line message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__) + (
+        f" (and {len(lines) - 2} more)" if len(lines) > 2 else "")
+
+
 def extract_state_dict(checkpoint: Mapping, *, key: str | None = None) -> dict[str, torch.Tensor]:
     """Find the model weights in a loaded checkpoint.
 

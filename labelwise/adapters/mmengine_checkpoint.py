@@ -6,7 +6,7 @@ Runner checkpoint needs (``HistoryBuffer``, numpy scalars and dtypes, a ``getatt
 ``Runner(resume=True)``, ``tools/train.py --resume`` and ``load_from=...`` fail with "Weights
 only load failed". :func:`install_safe_checkpoint_loader` re-registers mmengine's local-file
 scheme with :func:`labelwise.checkpoint.load_checkpoint`: the same weights-only load, through
-labelwise's allow-list (no ``weights_only=False``, no environment switch, no raw
+labelwise's allow-list (weights-only loading is never switched off, no environment switch, no raw
 ``builtins.getattr``).
 
 Importing :mod:`labelwise` installs it: at once if ``mmengine.runner.checkpoint`` is already

@@ -18,7 +18,7 @@ import torch
 from mmengine.hooks import Hook
 from torch import nn
 
-from labelwise.errors import CheckpointError, ConfigError
+from labelwise.errors import ConfigError
 from labelwise.plugins.cft.options import CFTOptions
 
 __all__ = ["CFTHook", "calibrate_checkpoint", "calibrate_model", "extract_features"]
@@ -330,9 +330,8 @@ def calibrate_checkpoint(config, checkpoint, out_dir, *, options: CFTOptions | N
     from mmpretrain.registry import MODELS
 
     from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint
+    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
     from labelwise.plugins.cft.outputs import file_sha256
-    from labelwise.plugins.labelpool.annotator import first_error_detail
 
     cfg = load_config(config, work_dir=out_dir, data_root=data_root)
     init_default_scope("mmpretrain")
@@ -340,15 +339,8 @@ def calibrate_checkpoint(config, checkpoint, out_dir, *, options: CFTOptions | N
     if cfg.get("data_preprocessor") is not None:  # as mmengine's Runner does
         model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
-    state = extract_state_dict(load_checkpoint(checkpoint))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches, e.g. a head for another number of classes
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit the model of {cfg.filename}: "
-                              f"{first_error_detail(exc)}") from exc
-    if missing:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit the model of {cfg.filename}: "
-                              f"missing {missing[:5]}")
+    load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
+                 target=f"the model of {cfg.filename}", allow_unexpected=True)
     model.to(device)
     train_ds = _dataset_cfg(cfg, "train_dataloader", train_ann, what="--train-ann")
     val_ds = _dataset_cfg(cfg, "val_dataloader", val_ann, what="--val-ann")

@@ -23,7 +23,7 @@ from mmpretrain.models.heads import LinearClsHead
 from mmpretrain.models.utils.data_preprocessor import ClsDataPreprocessor
 from mmpretrain.structures import DataSample
 
-from labelwise.errors import CheckpointError, ConfigError, DataError
+from labelwise.errors import ConfigError, DataError
 from labelwise.plugins.cleannet.scorefile import read_scores
 from labelwise.plugins.cleannet.scoring import sample_weights
 
@@ -324,7 +324,7 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
     from mmpretrain.registry import DATASETS, MODELS
 
     from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint
+    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
     from labelwise.plugins.cleannet.features import file_fingerprint
 
     options = dict(cfg_options or {})
@@ -339,17 +339,8 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
         model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        state = extract_state_dict(load_checkpoint(checkpoint))
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches, e.g. a head for another number of classes
-            from labelwise.plugins.labelpool.annotator import first_error_detail
-
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit the model of {cfg.filename}: "
-                                  f"{first_error_detail(exc)}") from exc
-        if missing:
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit the model of {cfg.filename}: it lacks "
-                                  f"{len(missing)} weights of the model, e.g. {missing[0]!r}")
+        load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
+                     target=f"the model of {cfg.filename}", allow_unexpected=True)
     model.to(device).eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     dataset.full_init()

@@ -212,7 +212,8 @@ def build_annotator(config, checkpoint, *, device="cpu"):
 
     from labelwise.adapters.mmpretrain.runner import resolve_config
     from labelwise.checkpoint import extract_state_dict, load_checkpoint
-    from labelwise.plugins.labelpool.annotator import DenseClassifier, check_linear_head, first_error_detail
+    from labelwise.checkpoint import load_weights
+    from labelwise.plugins.labelpool.annotator import DenseClassifier, check_linear_head
 
     path = resolve_config(config)
     cfg = Config.fromfile(str(path))
@@ -225,14 +226,7 @@ def build_annotator(config, checkpoint, *, device="cpu"):
     model = MODELS.build(model_cfg)
     state = extract_state_dict(load_checkpoint(checkpoint))
     state = {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ConfigError(f"checkpoint {checkpoint} does not fit config {path}: "
-                          f"{first_error_detail(exc)}") from exc
-    if missing or unexpected:
-        raise ConfigError(f"checkpoint {checkpoint} does not fit config {path}: missing "
-                          f"{missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(model, state, checkpoint=checkpoint, target=f"config {path}")
     model.to(device).eval()
     fc = getattr(model.head, "fc", None)
     if fc is None:

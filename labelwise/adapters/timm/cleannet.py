@@ -101,13 +101,13 @@ def timm_feature_extractor(model_name: str = "resnet18", checkpoint=None, *, dat
     """
     from labelwise.adapters.timm import create_digits_model
     from labelwise.adapters.torch_data import digits_transform
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint
+    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
     from labelwise.plugins.cleannet.features import file_fingerprint
 
     model = create_digits_model(model_name, num_classes=num_classes, width=width)
     if checkpoint is not None:
-        _load_weights(model, checkpoint, extract_state_dict(load_checkpoint(checkpoint)),
-                      f"timm model {model_name!r} (num_classes={num_classes}, width={width})")
+        load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
+                     target=f"timm model {model_name!r} (num_classes={num_classes}, width={width})")
     transform = transform or digits_transform(train=False)
     dataset = AnnotationListDataset(data_root, ann_file, transform=transform)
     meta = {"framework": "timm", "model": model_name, "checkpoint": str(checkpoint), "ann_file": str(ann_file),
@@ -117,17 +117,3 @@ def timm_feature_extractor(model_name: str = "resnet18", checkpoint=None, *, dat
                    "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint)}
     return {"embed": timm_embed(model, device=device), "dataset": dataset, "ids": dataset.ids,
             "labels": dataset.labels, "collate_fn": None, "meta": meta, "fingerprint": fingerprint}
-
-
-def _load_weights(model, checkpoint, state, what: str) -> None:
-    """Load ``state`` strictly, as a :class:`CheckpointError` naming ``checkpoint`` on failure."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit {what}: "
-                              + ("; ".join(detail[:3]) or str(exc))
-                              + (f" (and {len(detail) - 3} more)" if len(detail) > 3 else "")) from exc
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit {what}: {len(missing)} missing keys "
-                              f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")

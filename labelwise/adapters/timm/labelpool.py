@@ -37,7 +37,8 @@ def build_annotator(name: str, checkpoint=None, *, num_classes: int | None = Non
     import torch
 
     from labelwise.checkpoint import extract_state_dict, load_checkpoint
-    from labelwise.plugins.labelpool.annotator import DenseClassifier, check_linear_head, first_error_detail
+    from labelwise.checkpoint import load_weights
+    from labelwise.plugins.labelpool.annotator import DenseClassifier, check_linear_head
 
     state = None
     if checkpoint is not None:
@@ -52,14 +53,7 @@ def build_annotator(name: str, checkpoint=None, *, num_classes: int | None = Non
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"timm cannot create model {name!r} with {kwargs}: {exc}") from exc
     if state is not None:
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise ConfigError(f"checkpoint {checkpoint} does not fit timm model {name!r} with "
-                              f"{kwargs}: {first_error_detail(exc)}") from exc
-        if missing or unexpected:
-            raise ConfigError(f"checkpoint {checkpoint} does not fit timm model {name!r}: missing "
-                              f"{missing[:5]}, unexpected {unexpected[:5]}")
+        load_weights(model, state, checkpoint=checkpoint, target=f"timm model {name!r} with {kwargs}")
     model.to(device).eval()
     classifier = model.get_classifier()
     if not isinstance(classifier, (torch.nn.Linear, torch.nn.Conv2d)):

@@ -130,10 +130,3 @@ def topk_maps(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
         raise ConfigError(f"k must be in [1, {logits.shape[1]}] (the number of classes), got {k}")
     scores, ids = logits.float().topk(k, dim=1)
     return scores, ids
-
-
-def first_error_detail(exc: BaseException) -> str:
-    """The first informative line of ``load_state_dict``'s multi-line error, for a one-line message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__) + (
-        f" (and {len(lines) - 2} more)" if len(lines) > 2 else "")
