@@ -2,6 +2,13 @@
 
     python benchmarks/cft_quality.py --out outputs/bench-cft-quality --seeds 0,1,2
 
+The published protocol starts from the pretrained digit backbone and reuses the PU-MLC
+benchmark's assume-negative runs (same config, data and seeds):
+
+    python benchmarks/cft_quality.py --out outputs/bench-cft-quality --seeds 0,1,2 --epochs 5 \
+        --data-root outputs/bench-baselines/data --pretrained outputs/pretrain/single-seed0/mmpretrain/epoch_10.pth \
+        --run-dir 'outputs/bench-pumlc/runs-pretrained-e5/negative-p0.3-seed{seed}'
+
 Per seed: train the mmpretrain baseline on `partial-p0.3` ("assume negative": unknown labels
 train as negatives; `labelwise.train.train_baseline`), extract features of the train, val and
 (fully labelled) test splits with the test pipeline, then run CFT with each optimiser (fitting
@@ -81,21 +88,35 @@ def main() -> int:
     parser.add_argument("--cft-epochs", type=int, default=5000)
     parser.add_argument("--early-stopping", type=int, default=300)
     parser.add_argument("--tiny", action="store_true", help="small data, 1 epoch, short CFT: a smoke test")
+    parser.add_argument("--data-root", default=None, help="existing digit scenes (default: OUT/data, generated)")
+    parser.add_argument("--run-dir", default=None,
+                        help="training run directory per seed, with {seed} (default: OUT/runs/seed{seed}); "
+                        "a finished run there (e.g. a benchmarks/pumlc_quality.py 'negative' run) is reused")
+    parser.add_argument("--pretrained", default=None,
+                        help="start the baseline from this backbone checkpoint (benchmarks/pretrain_backbone.py)")
     args = parser.parse_args()
     from labelwise.data import SceneConfig, make_dataset
     from labelwise.train import train_baseline
 
     out = Path(args.out)
     config = dataclasses.replace(SceneConfig(), num_train=160, num_val=60, num_test=80) if args.tiny else SceneConfig()
-    data_root = make_dataset(out / "data", config=config, seed=0, p=(0.3,), r=(0.2,), progress=False)
+    data_root = args.data_root or make_dataset(out / "data", config=config, seed=0, p=(0.3,), r=(0.2,), progress=False)
+    cfg_options = None
+    if args.pretrained:
+        if not Path(args.pretrained).is_file():
+            parser.error(f"--pretrained {args.pretrained}: no such checkpoint")
+        cfg_options = {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=str(args.pretrained),
+                                                       prefix="backbone.")}
+    if args.run_dir is not None and "{seed}" not in args.run_dir:
+        parser.error(f"--run-dir {args.run_dir!r} must contain {{seed}}")
     options = dict(epochs=20 if args.tiny else args.cft_epochs, early_stopping=5 if args.tiny else args.early_stopping)
     rows = {m: [] for m in args.modes.split(",")}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        run_dir = out / "runs" / f"seed{seed}"
+        run_dir = Path(args.run_dir.format(seed=seed)) if args.run_dir else out / "runs" / f"seed{seed}"
         if not (run_dir / "metrics.json").exists():
             print(f"seed {seed}: training the baseline ...", file=sys.stderr, flush=True)
             train_baseline("mmpretrain", data_root=data_root, regime=REGIME, work_dir=run_dir, seed=seed,
-                           epochs=1 if args.tiny else args.epochs, progress=False)
+                           epochs=1 if args.tiny else args.epochs, cfg_options=cfg_options, progress=False)
         data = features(run_dir, data_root)
         for mode in rows:
             r = run_cft(run_dir, data, mode, options)

@@ -90,6 +90,8 @@ def train_target(args, variant: str, seed: int, work: Path, store: Path) -> dict
     done = work / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    if variant == "onehot" and args.onehot_runs:
+        return evaluate_finished_run(args, seed, Path(args.onehot_runs.format(seed=seed)), done)
     options = {**_narrow(args.tiny), **_loader_options(args.tiny)}
     config = "baseline/digits_single"
     if variant == "smooth":
@@ -104,6 +106,25 @@ def train_target(args, variant: str, seed: int, work: Path, store: Path) -> dict
     result = {"variant": variant, "seed": seed, "epochs": epochs,
               "runner_top1": float(metrics["accuracy/top1"]),
               **evaluate(args, cfg, work / f"epoch_{epochs}.pth")}
+    write_json(done, result)
+    return result
+
+
+def evaluate_finished_run(args, seed: int, run_dir: Path, done: Path) -> dict:
+    """The one-hot variant from a finished baseline run (``benchmarks/baselines.py``, same recipe)."""
+    from mmengine.config import Config
+
+    from labelwise.utils.fileio import write_json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics.get("regime") != "single" or metrics.get("seed") != seed or metrics.get("cfg_options"):
+        raise SystemExit(f"{run_dir}: not a plain `single` baseline run of seed {seed}: {metrics}")
+    work = run_dir / "mmpretrain"
+    epochs = int(metrics["epochs"])
+    cfg = Config.fromfile(str(work / "digits_single.py"))
+    result = {"variant": "onehot", "seed": seed, "epochs": epochs, "runner_top1": float(metrics["value"]),
+              "reused_run": str(run_dir), **evaluate(args, cfg, work / f"epoch_{epochs}.pth")}
+    done.parent.mkdir(parents=True, exist_ok=True)
     write_json(done, result)
     return result
 
@@ -153,6 +174,10 @@ def main(argv=None):
                         help="relabel input size; 80 px -> 5x5 maps at output stride 16 (default: 80)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"default: {','.join(VARIANTS)}")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: tiny models, 1 epoch")
+    parser.add_argument("--onehot-runs", default=None,
+                        help="reuse finished `benchmarks/baselines.py` single-regime runs (same recipe) as the "
+                        "one-hot variant: a run directory with {seed}, e.g. "
+                        "outputs/bench-baselines/runs/mmpretrain-single-seed{seed}")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -183,7 +208,7 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|")
     for variant in variants:
         rows = [r for r in results if r["variant"] == variant]
-        cells = [f"{np.mean([r[m] for r in rows]):.2f} ± {np.std([r[m] for r in rows]):.2f}"
+        cells = [f"{np.mean([r[m] for r in rows]):.2f} ± {np.std([r[m] for r in rows], ddof=1) if len(rows) > 1 else 0:.2f}"
                  for m in ("top1", "any_digit_top1", "mAP")]
         print(f"| {variant} | {' | '.join(cells)} | {len(rows)} |")
 

@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pretrained", default=None,
                         help="start every run from this backbone checkpoint (benchmarks/pretrain_backbone.py); "
-                        "runs go to OUT/runs-pretrained")
+                        "runs go to OUT/runs-pretrained (OUT/runs-pretrained-eN with --epochs N other than 10)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -60,7 +60,8 @@ def main() -> int:
     data_root = args.data_root or make_dataset(f"{args.out}/data", seed=0, p=(0.1, 0.3, 0.5), progress=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [(v, p, s) for p in args.ps.split(",") for v in variants for s in seeds]
-    runs_dir = Path(args.out) / ("runs-pretrained" if args.pretrained else "runs")
+    runs_dir = Path(args.out) / ("runs" + ("-pretrained" if args.pretrained else "")
+                                 + (f"-e{args.epochs}" if args.epochs != 10 else ""))
     cfg_options = None
     if args.pretrained:
         if not Path(args.pretrained).is_file():

@@ -31,6 +31,56 @@ WEIGHT_SOURCES = ("file", "hard", "soft")
 NORMALIZATIONS = ("weight_sum", "batch")
 
 
+def multi_label_evidence(item) -> str | None:
+    """Why a sample is a multi-label / partial-label one, or ``None`` for a single-label sample.
+
+    Single-label soft targets (LabelPooling, Label Refinery) and CleanNet weights (which score
+    one label per sample) refuse such samples; this is the one test they share.
+
+    Args:
+        item: a pipeline results dict or a packed ``DataSample``.
+
+    Returns:
+        ``None``, or a phrase naming the evidence: a ``partial_labels`` field (a
+        :class:`labelwise.PartialMultiLabelDataset` sample), a ``gt_label`` given as a list
+        (mmpretrain's ``MultiLabelDataset``), or a packed ``gt_label`` with other than one entry.
+    """
+    if "partial_labels" in item:
+        return "it has partial_labels (a partial-label dataset)"
+    label = item.get("gt_label", None) if hasattr(item, "get") else None
+    if label is None:
+        return None
+    if isinstance(label, (list, tuple)):
+        return f"its gt_label is a list {list(label)} (a multi-label dataset)"
+    size = label.numel() if isinstance(label, torch.Tensor) else np.asarray(label).size
+    if size != 1:
+        return f"its gt_label holds {size} labels (a multi-label dataset)"
+    return None
+
+
+def check_single_soft_target(results: dict, component: str, verb: str = "gives") -> None:
+    """Refuse a pipeline sample whose training target is already set, or that is multi-label.
+
+    The pipeline steps that write a single-label soft target ``gt_score`` (LabelPooling, offline
+    Label Refinery) share this check, so a config combining them, or using one on a
+    multi-label / partial-label dataset, fails on its first sample with the same wording.
+
+    Args:
+        results: the pipeline results dict.
+        component: the step's name as the user wrote it, e.g. ``'labelwise.LabelPooling'``.
+        verb: how the step's target is described (``'gives'`` / ``'serves'``).
+    """
+    if "gt_score" in results:
+        raise ConfigError(f"{component} and an earlier pipeline step (labelwise.LabelPooling, or "
+                          "labelwise.LoadRefinedLabels: offline Label Refinery) both set the training target "
+                          "gt_score; which one wins is undefined: keep one of them")
+    evidence = multi_label_evidence(results)
+    if evidence is not None:
+        raise ConfigError(f"{component} {verb} single-label soft targets (a softmax over classes), but sample "
+                          f"{results.get('img_path', '?')!r} is multi-label: {evidence}; it does not compose "
+                          "with a multi-label / partial-label head or the PU-MLC loss")
+
+
 class _ScoreLookup:
     """A score file indexed by sample id; finds a sample by the longest path suffix that is an id."""
 
@@ -93,6 +143,12 @@ class CleanNetWeights(BaseTransform):
         self._lookup = _ScoreLookup(score_file, mode=mode, threshold=threshold)
 
     def transform(self, results: dict) -> dict:
+        evidence = multi_label_evidence(results)
+        if evidence is not None:
+            raise ConfigError(f"labelwise.CleanNetWeights cannot weight sample {results.get('img_path', '?')!r}: "
+                              f"{evidence}. CleanNet scores one (possibly noisy) label per sample and the "
+                              "weighted head (labelwise.WeightedLinearClsHead) is single-label softmax; a multi-label "
+                              "/ partial-label regime (PU-MLC, CFT) has no per-sample label to score")
         if "img_path" not in results:
             raise DataError(f"CleanNetWeights needs 'img_path' in the results to find the sample in {self.score_file}")
         row = self._lookup.row(results["img_path"])
@@ -210,6 +266,12 @@ class WeightedLinearClsHead(LinearClsHead):
     def _get_loss(self, cls_score: torch.Tensor, data_samples, **kwargs):
         from mmpretrain.evaluation import Accuracy
 
+        for sample in data_samples:
+            evidence = multi_label_evidence(sample)
+            if evidence is not None:
+                raise ConfigError(f"labelwise.WeightedLinearClsHead (CleanNet weights) is a single-label softmax "
+                                  f"head, but a training sample is multi-label: {evidence}. CleanNet weights do not "
+                                  "compose with a multi-label / partial-label regime (PU-MLC, CFT)")
         if "gt_score" in data_samples[0]:
             target = torch.stack([s.gt_score for s in data_samples])
         else:

@@ -26,6 +26,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmpretrain.datasets.transforms import RandomResizedCrop
 
+from labelwise.adapters.mmpretrain.cleannet import check_single_soft_target
 from labelwise.errors import ConfigError, DataError
 
 
@@ -103,7 +104,14 @@ class LabelPooling(BaseTransform):
     **Added Keys:**
 
     - gt_score (np.ndarray float32, (C,)): the soft target; ``PackInputs`` turns it into the
-      data sample's ``gt_score``. Train with ``CrossEntropyLoss(use_soft=True)``.
+      data sample's ``gt_score``. Train with ``CrossEntropyLoss(use_soft=True)``, or with
+      ``labelwise.WeightedLinearClsHead`` to weight it per sample (CleanNet,
+      ``configs/compose/digits_noisy_cleannet_labelpool.py``).
+
+    A sample that already has a ``gt_score`` (another target-producing step) or is multi-label
+    / partial-label (``partial_labels``, or ``gt_label`` a list) is refused with a
+    ``ConfigError``: the pooled target is a single-label class distribution. An online
+    ``labelwise.RefineryDataPreprocessor`` with a refinery refuses these samples in turn.
 
     Args:
         label_maps (str): the store directory (or the reference ``.pt`` root).
@@ -163,6 +171,7 @@ class LabelPooling(BaseTransform):
     def transform(self, results: dict) -> dict:
         from labelwise.plugins.labelpool.pooling import pool_label_map_numpy
 
+        check_single_soft_target(results, "labelwise.LabelPooling")
         key = self._store_key(results)
         if isinstance(key, str) and self.data_root is None and hasattr(self._maps, "find_path"):
             key = self._maps.find_path(key)

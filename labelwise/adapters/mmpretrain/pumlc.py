@@ -26,6 +26,20 @@ from labelwise.plugins.pumlc.lgc import (convert_to_lgc, freeze_for_lgc, init_gl
 from labelwise.plugins.pumlc.loss import TAU_MIN, partial_bce, pu_loss, pu_mixup_regularizer
 
 
+def _check_partial_targets(name, target):
+    """Refuse targets other than 1 / 0 / -1: soft single-label targets (LabelPooling, Label
+    Refinery) or batch Mixup / CutMix reaching a partial-label loss."""
+    bad = (target != 1) & (target != 0) & (target != -1)
+    if target.is_floating_point():
+        bad &= ~torch.isnan(target)  # NaN: unknown, the project's input convention
+    if bool(bad.any()):
+        value = float(target[bad][0])
+        raise ConfigError(f"{name} needs partial multi-label targets 1 / 0 / -1, got {value:.4g}: a soft target, "
+                          "e.g. the single-label class distribution of labelwise.LabelPooling or the Label Refinery "
+                          "(labelwise.RefineryDataPreprocessor / LoadRefinedLabels), or batch Mixup / CutMix, which "
+                          "do not compose with PU-MLC (its own MixUp is PUMLCClassifier(mixup=...))")
+
+
 def _check_no_weight(name, weight):
     if weight is not None:
         raise ConfigError(f"{name}: per-sample or per-class `weight` is not supported (the loss is a "
@@ -62,6 +76,7 @@ class PUMLCLoss(nn.Module):
         _check_no_weight("PUMLCLoss", weight)
         if reduction_override not in (None, "mean"):
             raise ConfigError(f"PUMLCLoss: reduction {reduction_override!r} is not supported; only 'mean'")
+        _check_partial_targets("labelwise.PUMLCLoss", label)
         return self.loss_weight * pu_loss(cls_score, label, gamma=self.gamma, alpha=self.alpha, eps=self.eps,
                                           tau_min=self.tau_min)
 
@@ -119,6 +134,14 @@ def partial_targets(data_samples: List[DataSample], num_classes: int, device) ->
 
 class _PartialLabelsMixin:
     def _get_loss(self, cls_score: torch.Tensor, data_samples: List[DataSample], **kwargs):
+        name = f"labelwise.{type(self).__name__}"
+        if "sample_weight" in data_samples[0]:
+            raise ConfigError(f"{name} has no per-sample weighting (its losses are batch-level statistics), but the "
+                              "samples carry CleanNet weights (sample_weight from labelwise.CleanNetWeights); CleanNet "
+                              "weights do not compose with the partial-label regime")
+        if "gt_score" in data_samples[0]:
+            _check_partial_targets(f"{name} (which trains on partial_labels and would ignore gt_score)",
+                                   torch.stack([s.gt_score for s in data_samples]))
         target = partial_targets(data_samples, cls_score.size(-1), cls_score.device)
         return {"loss": self.loss_module(cls_score, target, avg_factor=cls_score.size(0), **kwargs)}
 

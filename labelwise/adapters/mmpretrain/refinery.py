@@ -22,6 +22,8 @@ import torch
 from mmcv.transforms import BaseTransform
 from mmpretrain.models.utils.data_preprocessor import ClsDataPreprocessor
 
+from labelwise.adapters.mmpretrain.cleannet import (WeightedClsDataPreprocessor, check_single_soft_target,
+                                                    multi_label_evidence)
 from labelwise.errors import ConfigError, DataError
 from labelwise.plugins.refinery.teacher import BN_MODES, Refinery
 
@@ -118,15 +120,17 @@ def build_refinery(spec, *, student_mean=None, student_std=None, student_to_rgb=
                     teacher_mean=teacher_mean, teacher_std=teacher_std)
 
 
-class RefineryDataPreprocessor(ClsDataPreprocessor):
+class RefineryDataPreprocessor(WeightedClsDataPreprocessor):
     """``ClsDataPreprocessor`` + online Label Refinery targets.
 
     Does everything :class:`mmpretrain.models.ClsDataPreprocessor` does (stacking,
-    ``to_rgb``, normalisation, Mixup / CutMix), then, in training only, runs the frozen
-    refinery on the resulting batch -- the exact tensor the student receives -- and sets
-    each data sample's ``gt_score`` to ``softmax(refinery(x))``. The mixing permutation of a
-    batch augment needs no tracking: the refinery sees the mixed image itself (the function
-    matching property). Evaluation batches pass through untouched (``gt_label`` is used).
+    ``to_rgb``, normalisation, Mixup / CutMix; per-sample CleanNet weights are mixed with the
+    samples as by its parent :class:`labelwise.WeightedClsDataPreprocessor`), then, in
+    training only, runs the frozen refinery on the resulting batch -- the exact tensor the
+    student receives -- and sets each data sample's ``gt_score`` to ``softmax(refinery(x))``.
+    The mixing permutation of a batch augment needs no tracking: the refinery sees the mixed
+    image itself (the function matching property). Evaluation batches pass through untouched
+    (``gt_label`` is used).
 
     The refinery is held outside the module tree (see
     :mod:`labelwise.plugins.refinery.teacher`): it has no parameters or buffers in the model,
@@ -137,10 +141,21 @@ class RefineryDataPreprocessor(ClsDataPreprocessor):
     ground truth reaches the head as a one-hot ``gt_score``, and ``CrossEntropyLoss
     (use_soft=True)`` on it is the ordinary cross-entropy, so every generation uses one head.
 
+    Composition: per-sample weights (``labelwise.CleanNetWeights`` +
+    ``labelwise.WeightedLinearClsHead``) multiply the refinery's per-sample soft-target loss;
+    a mixed sample carries ``w' = lam w_i + (1 - lam) w_j`` and the refinery's target for the
+    mixed image (``configs/compose/digits_noisy_cleannet_refinery.py``). With a refinery set,
+    a training batch whose samples already carry a ``gt_score`` from the pipeline
+    (``labelwise.LabelPooling``, ``labelwise.LoadRefinedLabels``) or are multi-label /
+    partial-label is refused with a ``ConfigError``: the refinery's target is a single-label
+    class distribution and there can be only one training target.
+
     Args:
         refinery: a refinery spec (see :func:`build_refinery`), a built ``Refinery``, or
             an empty dict / ``None`` (default) for no refinery. (Configs use ``dict()`` so
             that a child config can fill it in: mmengine cannot merge a dict into ``None``.)
+        weight_key: the data-sample field holding a per-sample weight, mixed by batch
+            augments (default ``'sample_weight'``; samples without it are not weighted).
         **kwargs: ``ClsDataPreprocessor``'s arguments (``mean``, ``std``, ``to_rgb``,
             ``num_classes`` -- required -- ``batch_augments``, ...).
 
@@ -166,6 +181,8 @@ class RefineryDataPreprocessor(ClsDataPreprocessor):
                                            student_to_rgb=self.to_rgb)
 
     def forward(self, data: dict, training: bool = False) -> dict:
+        if training and self.refinery is not None:
+            _check_single_target(data.get("data_samples"))
         data = super().forward(data, training)
         if training and self.refinery is not None:
             samples = data.get("data_samples")
@@ -181,6 +198,25 @@ class RefineryDataPreprocessor(ClsDataPreprocessor):
 
     def extra_repr(self) -> str:
         return f"refinery={self.refinery!r}"
+
+
+def _check_single_target(samples) -> None:
+    """Refuse a training batch the online refinery cannot own the target of (see the class)."""
+    if not samples:
+        return
+    if "gt_score" in samples[0]:
+        raise ConfigError(
+            "labelwise.RefineryDataPreprocessor (Label Refinery) and the train pipeline both produce the training "
+            "target: the samples already carry a soft gt_score from the pipeline (labelwise.LabelPooling or "
+            "labelwise.LoadRefinedLabels), and which one wins is undefined. Use one: remove that pipeline step, "
+            "or set data_preprocessor.refinery=dict() (no refinery)")
+    for sample in samples:
+        evidence = multi_label_evidence(sample)
+        if evidence is not None:
+            raise ConfigError(
+                f"labelwise.RefineryDataPreprocessor (Label Refinery) gives single-label soft targets (a softmax "
+                f"over classes), but a training sample is multi-label: {evidence}. Label Refinery does not "
+                "compose with a multi-label / partial-label head or the PU-MLC loss (labelwise.PUMLCLoss)")
 
 
 class LoadRefinedLabels(BaseTransform):
@@ -220,6 +256,7 @@ class LoadRefinedLabels(BaseTransform):
         return self._store
 
     def transform(self, results: dict) -> dict:
+        check_single_soft_target(results, "labelwise.LoadRefinedLabels (offline Label Refinery)", "serves")
         results["gt_score"] = self._open().soft_label(results["img_path"])
         return results
 
@@ -318,7 +355,8 @@ def build_refined_label_store(config, checkpoint, out_dir, *, data_root=None, an
         dataset_cfg["ann_file"] = str(ann_file)
     dataset_cfg["pipeline"] = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
     dataset = DATASETS.build(dataset_cfg)
-    pre_cfg = {k: v for k, v in dict(_preprocessor_cfg(cfg)).items() if k not in ("type", "refinery", "batch_augments")}
+    training_only = ("type", "refinery", "batch_augments", "weight_key")
+    pre_cfg = {k: v for k, v in dict(_preprocessor_cfg(cfg)).items() if k not in training_only}
     preprocessor = ClsDataPreprocessor(**pre_cfg).to(device)
     refinery = build_refinery({"config": str(config if Path(str(config)).is_file() else cfg.filename),
                                "checkpoint": str(checkpoint), "bn_mode": bn_mode})
