@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.labelwise-installed
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all test-reliability venv clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# crash recovery (kill -9), determinism and data-safety tests, all of them (docs/reliability.md)
+test-reliability: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m reliability $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -56,3 +56,33 @@ def tiny_digits(tmp_path_factory):
     config = dataclasses.replace(SceneConfig(), num_train=160, num_val=40, num_test=80)
     root = tmp_path_factory.mktemp("digits") / "data"
     return make_dataset(root, config=config, seed=0, p=(0.3,), r=(0.2,), progress=False)
+
+
+TINY_MM_CONFIG = """
+_base_ = [{base!r}]
+model = dict(backbone=dict(stem_channels=16, base_channels=8), head=dict(in_channels=64))
+"""
+
+
+def make_tiny_mm_model(root, base="baseline/digits_single.py", seed=0):
+    """A tiny mmpretrain ResNet config under ``root`` and a checkpoint of its seeded initial weights.
+
+    Returns:
+        ``(config path, checkpoint path, model in eval mode)``.
+    """
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    from labelwise.checkpoint import save_checkpoint
+
+    root = Path(root)
+    config = root / "tiny.py"
+    config.write_text(TINY_MM_CONFIG.format(base=str(ROOT / "configs" / base)))
+    init_default_scope("mmpretrain")
+    torch.manual_seed(seed)
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    model.init_weights()
+    save_checkpoint({"state_dict": model.state_dict(), "meta": {}}, root / "tiny.pth")
+    return config, root / "tiny.pth", model.eval()

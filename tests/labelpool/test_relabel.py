@@ -6,37 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_python
+from conftest import run_python
 from labelwise.cli import main
 from labelwise.errors import ConfigError
 from labelwise.plugins.labelpool.annotator import DenseClassifier, check_linear_head, topk_maps
 from labelwise.plugins.labelpool.store import LabelMapStore
 
-TINY_CONFIG = """
-_base_ = [{base!r}]
-model = dict(backbone=dict(stem_channels=16, base_channels=8), head=dict(in_channels=64))
-"""
-
 
 @pytest.fixture(scope="module")
 def mm_annotator(tmp_path_factory):
     """A tiny mmpretrain ResNet config and a checkpoint of its (random) weights."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
+    from conftest import make_tiny_mm_model
 
-    from labelwise.checkpoint import save_checkpoint
-
-    root = tmp_path_factory.mktemp("annotator")
-    config = root / "tiny.py"
-    config.write_text(TINY_CONFIG.format(base=str(ROOT / "configs" / "baseline" / "digits_single.py")))
-    init_default_scope("mmpretrain")
-    cfg = Config.fromfile(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    save_checkpoint({"state_dict": model.state_dict(), "meta": {}}, root / "tiny.pth")
-    return config, root / "tiny.pth", model.eval()
+    return make_tiny_mm_model(tmp_path_factory.mktemp("annotator"))
 
 
 def _tiny_timm(name="resnet18", **kwargs):

@@ -84,7 +84,8 @@ def timm_feature_extractor(model_name: str = "resnet18", checkpoint=None, *, dat
         model_name: timm model name, created narrow for the digit scenes by
             :func:`labelwise.adapters.timm.create_digits_model` (never pretrained).
         checkpoint: weights to load (a timm / labelwise ``.pth``), read safely; ``None`` keeps
-            the initial weights.
+            the initial weights, drawn from a fixed seed (0) so that two runs, or a resumed
+            run, extract the same features.
         data_root, ann_file: the list of images.
         device: where to run.
         num_classes, width: the model's head size and base width.
@@ -104,7 +105,11 @@ def timm_feature_extractor(model_name: str = "resnet18", checkpoint=None, *, dat
     from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
     from labelwise.plugins.cleannet.features import file_fingerprint
 
-    model = create_digits_model(model_name, num_classes=num_classes, width=width)
+    import torch
+
+    with torch.random.fork_rng():  # timm initialises from the global generator: a fixed, local seed
+        torch.manual_seed(0)
+        model = create_digits_model(model_name, num_classes=num_classes, width=width)
     if checkpoint is not None:
         load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
                      target=f"timm model {model_name!r} (num_classes={num_classes}, width={width})")
@@ -114,6 +119,7 @@ def timm_feature_extractor(model_name: str = "resnet18", checkpoint=None, *, dat
             "data_root": str(data_root)}
     fingerprint = {"framework": "timm", "model": model_name, "num_classes": int(num_classes), "width": int(width),
                    "transform": repr(transform),
-                   "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint)}
+                   "checkpoint": None if checkpoint is None else file_fingerprint(checkpoint),
+                   "init_seed": 0}
     return {"embed": timm_embed(model, device=device), "dataset": dataset, "ids": dataset.ids,
             "labels": dataset.labels, "collate_fn": None, "meta": meta, "fingerprint": fingerprint}

@@ -275,6 +275,16 @@ def _array_digest(*arrays) -> str:
     return digest.hexdigest()
 
 
+def _is_score_file(path) -> bool:
+    from labelwise.plugins.cleannet.scorefile import read_scores
+
+    try:
+        read_scores(path)
+    except DataError:
+        return False
+    return True
+
+
 def _run_score(args) -> int:
     import numpy as np
 
@@ -283,9 +293,10 @@ def _run_score(args) -> int:
     from labelwise.plugins.cleannet.scoring import detection_accuracy, sample_weights, score_samples
     from labelwise.plugins.cleannet.store import load_cleannet
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise DataError(f"{args.out} exists: another run's scores are there (choose another --out, or --overwrite "
-                        "to replace it)")
+    exists = f"{args.out} exists: another run's scores are there (choose another --out, or --overwrite to replace it)"
+    keep = Path(args.out).exists() and not args.overwrite
+    if keep and not _is_score_file(args.out):
+        raise DataError(exists)
     model_path = Path(args.model)
     if model_path.is_dir():
         model_path = model_path / MODEL_FILE
@@ -294,7 +305,13 @@ def _run_score(args) -> int:
     threshold = info["threshold"] if args.threshold is None else args.threshold
     scores = score_samples(model, fs.features, fs.labels, references, batch_size=args.batch_size)
     weights = sample_weights(scores, mode=args.weights, threshold=threshold)
-    write_scores(args.out, fs.ids, fs.labels, scores, weights)
+    if keep:  # a re-run of the same command (e.g. after a crash before the histogram) keeps the same file
+        from labelwise.plugins.cleannet.scorefile import format_scores
+
+        if Path(args.out).read_bytes() != format_scores(fs.ids, fs.labels, scores, weights).encode("utf-8"):
+            raise DataError(exists)
+    else:
+        write_scores(args.out, fs.ids, fs.labels, scores, weights)
     print(f"{args.out}: {len(scores)} samples, threshold {threshold:.4f}, "
           f"{np.mean(scores >= threshold):.1%} above it, mean weight {weights.mean():.4f}")
     verification = read_verification(args.verification, fs.ids) if args.verification else None

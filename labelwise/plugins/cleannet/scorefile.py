@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from pathlib import Path
 
@@ -44,14 +45,22 @@ class ScoreTable:
 
 def write_scores(path, ids, labels, scores, weights) -> None:
     """Write a score file atomically (see the module docstring for the format)."""
+    text = format_scores(ids, labels, scores, weights, name=path)
+    with atomic_write(path, "w", newline="") as f:
+        f.write(text)
+
+
+def format_scores(ids, labels, scores, weights, *, name="") -> str:
+    """The text :func:`write_scores` writes (``name`` only labels an error message)."""
     n = len(ids)
     if not (len(labels) == len(scores) == len(weights) == n):
-        raise DataError(f"score file {path}: ids, labels, scores and weights differ in length")
-    with atomic_write(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for row in zip(ids, labels, scores, weights):
-            writer.writerow((row[0], int(row[1]), f"{float(row[2]):.9g}", f"{float(row[3]):.9g}"))
+        raise DataError(f"score file {name}: ids, labels, scores and weights differ in length")
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    for row in zip(ids, labels, scores, weights):
+        writer.writerow((row[0], int(row[1]), f"{float(row[2]):.9g}", f"{float(row[3]):.9g}"))
+    return buffer.getvalue()
 
 
 def read_scores(path) -> ScoreTable:

@@ -21,7 +21,15 @@ Writing is resumable and atomic per shard: a shard appears under its final name 
 complete (temporary file + rename), so an interrupted run leaves whole shards and a re-run
 writes only the missing ones. Ranks of a distributed run write disjoint shards. A store is
 complete when every shard exists with its exact size; :class:`LabelMapStore` refuses
-anything else with a message saying what is missing or truncated.
+anything else with a message saying what is missing or truncated, unless it is opened with
+``allow_incomplete=True``: then the shards written so far can be read while a writer is still
+appending (:meth:`LabelMapStore.written_records`), and a record of an unwritten shard is
+refused when asked for.
+
+Shard file names come from the index, so the index is checked before any is opened: each must
+be the plain name ``shard-NNNNN.bin`` of its position (no directory part, no ``..``), and a
+shard file must be a regular file inside the store directory (a symbolic link is followed only
+if it stays inside): an index or a shard link cannot make a reader open a file elsewhere.
 """
 from __future__ import annotations
 
@@ -58,15 +66,21 @@ class LabelMapStore:
         path: the store directory (holding ``labelmaps.json``).
         num_classes: if given, must equal the store's ``C`` (the model's number of classes).
         k: if given, must equal the store's top-k.
+        allow_incomplete: open a store that is still being written (default False): the
+            shards already written are readable (:meth:`written_records`), a record of a shard
+            not written yet raises :class:`DataError` when asked for.
 
     Raises:
         DataError: the directory or index is missing, the index is not valid JSON or lacks a
             field, a shard is missing or its size is not the expected one (truncated or
-            corrupt), or ``num_classes`` / ``k`` disagree with the store.
+            corrupt; unless ``allow_incomplete``), or ``num_classes`` / ``k`` disagree with
+            the store.
     """
 
-    def __init__(self, path, *, num_classes: int | None = None, k: int | None = None):
+    def __init__(self, path, *, num_classes: int | None = None, k: int | None = None,
+                 allow_incomplete: bool = False):
         self.path = Path(path)
+        self.allow_incomplete = bool(allow_incomplete)
         self.index = read_index(self.path)
         self.num_classes = int(self.index["num_classes"])
         self.k = int(self.index["k"])
@@ -82,7 +96,7 @@ class LabelMapStore:
                 f"num_classes={num_classes}")
         if k is not None and int(k) != self.k:
             raise DataError(f"label maps {self.path}: store holds top-{self.k} maps, expected top-{k}")
-        missing = missing_shards(self.path, self.index)
+        missing = [] if self.allow_incomplete else missing_shards(self.path, self.index)
         if missing:
             raise DataError(f"label maps {self.path}: incomplete store: {missing[0][1]}"
                             + (f" (and {len(missing) - 1} more shards)" if len(missing) > 1 else "")
@@ -98,10 +112,11 @@ class LabelMapStore:
         return key in self._lookup()
 
     def __getstate__(self):
-        return {"path": self.path, "index": self.index}
+        return {"path": self.path, "index": self.index, "allow_incomplete": self.allow_incomplete}
 
     def __setstate__(self, state):  # trust the index the parent validated; map shards lazily
         self.path, self.index = state["path"], state["index"]
+        self.allow_incomplete = state.get("allow_incomplete", False)
         for name in ("num_classes", "k", "height", "width", "shard_size"):
             setattr(self, name, int(self.index[name]))
         self.keys = list(self.index["keys"])
@@ -112,6 +127,15 @@ class LabelMapStore:
     @property
     def bytes_per_image(self) -> int:
         return self.dtype.itemsize
+
+    def written_records(self) -> list[int]:
+        """Record numbers whose shard is on disk now (all of them for a complete store).
+
+        With ``allow_incomplete=True`` this grows while a writer appends; every record listed
+        is complete (a shard appears only whole).
+        """
+        return [i for s, entry in enumerate(self.index["shards"]) if _shard_ok(self.path, self.index, s)
+                for i in range(int(entry["start"]), int(entry["start"]) + int(entry["items"]))]
 
     def index_of(self, key) -> int:
         """Record number of ``key`` (an image path as stored) or of an int sample index.
@@ -176,6 +200,9 @@ class LabelMapStore:
         mm = self._maps.get(shard)
         if mm is None:
             entry = self.index["shards"][shard]
+            if self.allow_incomplete and not _shard_ok(self.path, self.index, shard):
+                raise DataError(f"label maps {self.path}: record {i} ({self.keys[i]!r}) is not written yet "
+                                f"({_shard_problem(self.path, self.index, shard)})")
             mm = np.memmap(self.path / entry["file"], dtype=self.dtype, mode="r",
                            shape=(int(entry["items"]),))
             self._maps[shard] = mm
@@ -322,10 +349,37 @@ def read_index(path) -> dict:
     if index["record_bytes"] != expected:
         raise DataError(f"{index_path} is corrupt: record_bytes is {index['record_bytes']}, "
                         f"but k, height, width and num_classes give {expected}")
+    _check_shard_entries(index_path, index)
     if sum(s["items"] for s in index["shards"]) != len(index["keys"]):
         raise DataError(f"{index_path} is corrupt: its shards hold "
                         f"{sum(s['items'] for s in index['shards'])} records for {len(index['keys'])} keys")
     return index
+
+
+def _check_shard_entries(index_path: Path, index: dict) -> None:
+    """Every shard entry names its own file ``shard-NNNNN.bin`` and its records; nothing else.
+
+    The file names are joined to the store directory, so a name with a directory part, ``..``
+    or an absolute path would let an index point a reader at any file: refused.
+    """
+    shards = index["shards"]
+    if not isinstance(shards, list):
+        raise DataError(f"{index_path} is corrupt: shards must be a list, got {type(shards).__name__}")
+    try:
+        shard_size = int(index["shard_size"])
+    except (TypeError, ValueError):
+        raise DataError(f"{index_path} is corrupt: shard_size is {index['shard_size']!r}") from None
+    for s, entry in enumerate(shards):
+        expected = f"shard-{s:05d}.bin"
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if name != expected:
+            raise DataError(f"{index_path}: shard {s} names the file {name!r}; expected {expected!r} (a file "
+                            "of the store directory; an index may not point elsewhere)")
+        start, items = entry.get("start"), entry.get("items")
+        if (not isinstance(start, int) or not isinstance(items, int) or start != s * shard_size
+                or not 1 <= items <= shard_size):
+            raise DataError(f"{index_path} is corrupt: shard {s} has start {start!r} and items {items!r}; "
+                            f"expected start {s * shard_size} and 1..{shard_size} items")
 
 
 def missing_shards(path, index: dict) -> list[tuple[int, str]]:
@@ -350,10 +404,16 @@ def _id_dtype(num_classes: int) -> str:
 
 def _shard_ok(path: Path, index: dict, shard: int) -> bool:
     entry = index["shards"][shard]
+    file = path / entry["file"]
     try:
-        return (path / entry["file"]).stat().st_size == entry["items"] * index["record_bytes"]
+        return file.stat().st_size == entry["items"] * index["record_bytes"] and _inside(path, file)
     except FileNotFoundError:
         return False
+
+
+def _inside(path: Path, file: Path) -> bool:
+    """``file`` is a regular file in the directory ``path`` (a link is followed only if it stays there)."""
+    return file.is_file() and (not file.is_symlink() or file.resolve().parent == path.resolve())
 
 
 def _shard_problem(path: Path, index: dict, shard: int) -> str:
@@ -362,6 +422,9 @@ def _shard_problem(path: Path, index: dict, shard: int) -> str:
     expected = entry["items"] * index["record_bytes"]
     if not file.exists():
         return f"shard file {file.name} (records {entry['start']}..{entry['start'] + entry['items'] - 1}) is missing"
+    if not _inside(path, file):
+        return (f"shard file {file.name} is not a regular file of the store directory (it links to "
+                f"{file.resolve()}); a store's shards may not point outside it")
     return (f"shard file {file.name} is truncated or corrupt: {file.stat().st_size} bytes, "
             f"expected {expected} ({entry['items']} records of {index['record_bytes']} bytes)")
 
