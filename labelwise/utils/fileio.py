@@ -52,6 +52,14 @@ def write_json(path, obj, *, indent: int | None = 1) -> None:
         f.write("\n")
 
 
+def write_figure(path, fig) -> Path:
+    """Lay out a matplotlib figure and write it as a PNG to ``path`` atomically."""
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return Path(path)
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)

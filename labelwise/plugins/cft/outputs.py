@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelwise.utils.fileio import atomic_write, write_json
+from labelwise.utils.fileio import atomic_write, write_figure, write_json
 
 __all__ = ["OUTPUT_FILES", "file_sha256", "plot_scores", "write_outputs"]
 
@@ -53,12 +53,7 @@ def plot_scores(categories: list, path, *, metric: str) -> Path:
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"CFT: per-category validation {metric.upper()} ({len(categories) - len(run)} skipped)", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    with atomic_write(path, "wb") as f:
-        f.write(buffer.getvalue())
-    return Path(path)
+    return write_figure(path, fig)
 
 
 def write_outputs(result, out_dir, *, class_names, source: str = "", source_sha256: str = "", onnx: bool = True,

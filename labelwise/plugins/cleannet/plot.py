@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelwise.utils.fileio import atomic_write
+from labelwise.utils.fileio import write_figure
 
 
 def plot_score_histogram(path, scores, verification=None, *, threshold: float | None = None, bins: int = 40,
@@ -41,7 +41,5 @@ def plot_score_histogram(path, scores, verification=None, *, threshold: float | 
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
+    write_figure(path, fig)
     plt.close(fig)
