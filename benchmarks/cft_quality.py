@@ -96,17 +96,14 @@ def main() -> int:
                         help="start the baseline from this backbone checkpoint (benchmarks/pretrain_backbone.py)")
     args = parser.parse_args()
     from labelwise.data import SceneConfig, make_dataset
-    from labelwise.train import train_baseline
+    from labelwise.train import pretrained_backbone, train_baseline
 
     out = Path(args.out)
     config = dataclasses.replace(SceneConfig(), num_train=160, num_val=60, num_test=80) if args.tiny else SceneConfig()
     data_root = args.data_root or make_dataset(out / "data", config=config, seed=0, p=(0.3,), r=(0.2,), progress=False)
     cfg_options = None
     if args.pretrained:
-        if not Path(args.pretrained).is_file():
-            parser.error(f"--pretrained {args.pretrained}: no such checkpoint")
-        cfg_options = {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=str(args.pretrained),
-                                                       prefix="backbone.")}
+        cfg_options = pretrained_backbone(args.pretrained)
     if args.run_dir is not None and "{seed}" not in args.run_dir:
         parser.error(f"--run-dir {args.run_dir!r} must contain {{seed}}")
     options = dict(epochs=20 if args.tiny else args.cft_epochs, early_stopping=5 if args.tiny else args.early_stopping)

@@ -22,11 +22,6 @@ from labelwise.data import make_dataset
 from labelwise.train import METRICS_FILE, train_baseline
 
 
-def pretrained_init_cfg(checkpoint) -> dict:
-    """``model.backbone.init_cfg`` that loads the backbone part of ``checkpoint``."""
-    return dict(type="Pretrained", checkpoint=str(checkpoint), prefix="backbone.")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/pretrain")

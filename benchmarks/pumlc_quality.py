@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from labelwise.data import make_dataset
-from labelwise.train import METRICS_FILE, train_baseline
+from labelwise.train import METRICS_FILE, pretrained_backbone, train_baseline
 
 VARIANTS = {
     "negative": "baseline/digits_partial",
@@ -64,10 +64,7 @@ def main() -> int:
                                  + (f"-e{args.epochs}" if args.epochs != 10 else ""))
     cfg_options = None
     if args.pretrained:
-        if not Path(args.pretrained).is_file():
-            parser.error(f"--pretrained {args.pretrained}: no such checkpoint")
-        cfg_options = {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=str(args.pretrained),
-                                                       prefix="backbone.")}
+        cfg_options = pretrained_backbone(args.pretrained)
     results = {}
     for i, (variant, p, seed) in enumerate(runs, 1):
         work_dir = runs_dir / f"{variant}-p{p}-seed{seed}"

@@ -26,6 +26,21 @@ def baseline_config_name(regime: str) -> str:
             "multilabel": "baseline/digits_multilabel", "partial": "baseline/digits_partial"}[kind]
 
 
+def pretrained_backbone(checkpoint) -> dict:
+    """``cfg_options`` that start an mmpretrain run from the backbone of ``checkpoint``.
+
+    The head is initialised as usual; this is how the partial-label benchmarks start from the
+    digit backbone of ``benchmarks/pretrain_backbone.py`` (the stand-in for ImageNet weights).
+
+    Raises:
+        DataError: ``checkpoint`` is not a file.
+    """
+    if not Path(checkpoint).is_file():
+        raise DataError(f"pretrained backbone {checkpoint}: no such checkpoint (make one with "
+                        "benchmarks/pretrain_backbone.py, or train any digit-scenes config)")
+    return {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=str(checkpoint), prefix="backbone.")}
+
+
 def train_baseline(
     framework: str,
     *,

@@ -110,8 +110,9 @@ def run_seed(work: Path, data_root: Path, mode, seed: int, steps, *, pretrained:
     work.mkdir(parents=True, exist_ok=True)
     tag = f"seed {seed}: " if len(mode.seeds) > 1 else ""
     s = lambda what: tag + what  # noqa: E731
-    from_p = {"model.backbone.init_cfg": dict(type="Pretrained", checkpoint=pretrained["checkpoint"],
-                                              prefix="backbone.")}
+    from labelwise.train import pretrained_backbone
+
+    from_p = pretrained_backbone(pretrained["checkpoint"])
     init = from_p if mode.pretrain_all else {}
     start = "from P" if mode.pretrain_all else "from scratch"
 
