@@ -96,6 +96,7 @@ def main() -> int:
                         help="start the baseline from this backbone checkpoint (benchmarks/pretrain_backbone.py)")
     args = parser.parse_args()
     from labelwise.data import SceneConfig, make_dataset
+    from labelwise.errors import LabelwiseError
     from labelwise.train import pretrained_backbone, train_baseline
 
     out = Path(args.out)
@@ -103,7 +104,10 @@ def main() -> int:
     data_root = args.data_root or make_dataset(out / "data", config=config, seed=0, p=(0.3,), r=(0.2,), progress=False)
     cfg_options = None
     if args.pretrained:
-        cfg_options = pretrained_backbone(args.pretrained)
+        try:
+            cfg_options = pretrained_backbone(args.pretrained)
+        except LabelwiseError as exc:
+            parser.error(f"--pretrained: {exc}")
     if args.run_dir is not None and "{seed}" not in args.run_dir:
         parser.error(f"--run-dir {args.run_dir!r} must contain {{seed}}")
     options = dict(epochs=20 if args.tiny else args.cft_epochs, early_stopping=5 if args.tiny else args.early_stopping)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from labelwise.data import make_dataset
+from labelwise.errors import LabelwiseError
 from labelwise.train import METRICS_FILE, pretrained_backbone, train_baseline
 
 VARIANTS = {
@@ -64,7 +65,10 @@ def main() -> int:
                                  + (f"-e{args.epochs}" if args.epochs != 10 else ""))
     cfg_options = None
     if args.pretrained:
-        cfg_options = pretrained_backbone(args.pretrained)
+        try:
+            cfg_options = pretrained_backbone(args.pretrained)
+        except LabelwiseError as exc:
+            parser.error(f"--pretrained: {exc}")
     results = {}
     for i, (variant, p, seed) in enumerate(runs, 1):
         work_dir = runs_dir / f"{variant}-p{p}-seed{seed}"
