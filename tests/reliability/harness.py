@@ -190,24 +190,29 @@ def run_inprocess(argv) -> int:
 TIME_FIELDS = {"cft_report.json": [("summary", "seconds")], "metrics.json": [("seconds",)]}
 
 
-def compare_outputs(ref: Path, got: Path, *, time_fields=None) -> None:
-    """Assert every file of ``ref`` equals ``got``'s and no other file (temporaries included) is in ``got``.
+def output_differences(ref: Path, got: Path, *, time_fields=None) -> list:
+    """How the files of ``got`` differ from ``ref``'s: an empty list when they are equal.
 
-    ``.npz`` files are compared array by array (their zip entries carry the time of writing);
-    the JSON files of ``time_fields`` (default :data:`TIME_FIELDS`) minus those fields; every
-    other file byte for byte.
+    Equal means the same file names (temporaries included) and equal contents: ``.npz`` files
+    array by array (their zip entries carry the time of writing); the JSON files of
+    ``time_fields`` (default :data:`TIME_FIELDS`) minus those fields; every other file byte for
+    byte.
     """
     time_fields = TIME_FIELDS if time_fields is None else time_fields
     ref_files = sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*") if p.is_file())
     got_files = sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file())
-    assert got_files == ref_files, f"other files than the reference run: {set(got_files) ^ set(ref_files)}"
+    if got_files != ref_files:
+        return [f"other files than the reference run: {sorted(set(got_files) ^ set(ref_files))}"]
+    differences = []
     for name in ref_files:
         a, b = ref / name, got / name
         if name.endswith(".npz"):
             with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
-                assert x.files == y.files, name
-                for key in x.files:
-                    assert x[key].dtype == y[key].dtype and np.array_equal(x[key], y[key]), f"{name}:{key}"
+                if x.files != y.files:
+                    differences.append(f"{name}: arrays {x.files} vs {y.files}")
+                    continue
+                differences += [f"{name}:{key}" for key in x.files
+                                if not (x[key].dtype == y[key].dtype and np.array_equal(x[key], y[key]))]
         elif Path(name).name in time_fields:
             x, y = json.loads(a.read_text()), json.loads(b.read_text())
             for path in time_fields[Path(name).name]:
@@ -215,6 +220,8 @@ def compare_outputs(ref: Path, got: Path, *, time_fields=None) -> None:
                     for key in path[:-1]:
                         doc = doc[key]
                     doc.pop(path[-1])
-            assert x == y, name
-        else:
-            assert a.read_bytes() == b.read_bytes(), name
+            if x != y:
+                differences.append(name)
+        elif a.read_bytes() != b.read_bytes():
+            differences.append(name)
+    return differences

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from reliability.conftest import CFT_OPTIONS, features_argv, relabel_argv, score_argv
-from reliability.harness import ENV, ROOT, Watch, compare_outputs, run_inprocess, run_watched
+from reliability.harness import ENV, ROOT, Watch, output_differences, run_inprocess, run_watched
 
 pytestmark = pytest.mark.reliability
 
@@ -152,20 +152,22 @@ def _kill_and_resume(request, reference, tmp_path, name, point, *, restart_in_pr
     else:
         rc, _, log = run_watched(argv, watch=watch, log=tmp_path / "log2.txt")
         assert rc == 0, log[-3000:]
-    assert not watch.problems, f"partial files under a final name: {watch.problems}"
-    compare_outputs(ref, out)
-    return at_kill
+    return watch.problems, output_differences(ref, out)
 
 
 @pytest.mark.parametrize("name,point", SUBSET, ids=[f"{n}-{p}" for n, p in SUBSET])
 def test_kill_and_resume(request, reference, tmp_path, name, point):
-    _kill_and_resume(request, reference, tmp_path, name, point, restart_in_process=True)
+    partial, differences = _kill_and_resume(request, reference, tmp_path, name, point, restart_in_process=True)
+    assert not partial, f"partial files under a final name: {partial}"
+    assert not differences, f"the resumed run differs from an uninterrupted one: {differences}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,point", FULL, ids=[f"{n}-{p}" for n, p in FULL])
 def test_kill_and_resume_full(request, reference, tmp_path, name, point):
-    _kill_and_resume(request, reference, tmp_path, name, point, restart_in_process=False)
+    partial, differences = _kill_and_resume(request, reference, tmp_path, name, point, restart_in_process=False)
+    assert not partial, f"partial files under a final name: {partial}"
+    assert not differences, f"the resumed run differs from an uninterrupted one: {differences}"
 
 
 @pytest.mark.slow
@@ -188,7 +190,8 @@ def test_killed_twice_then_resumed(request, reference, tmp_path, name):
     rc, _, log = run_watched(argv, watch=watch, log=tmp_path / "log.txt")
     assert rc == 0, log[-3000:]
     assert not watch.problems, watch.problems
-    compare_outputs(reference(name), out)
+    differences = output_differences(reference(name), out)
+    assert not differences, f"the resumed run differs from an uninterrupted one: {differences}"
 
 
 READER = textwrap.dedent("""

@@ -112,7 +112,7 @@ def test_audit_finds_every_pattern():
         eval("1"); exec("x = 1"); compile("1", "f", "eval")
         pickle.load(f); pk.loads(b); marshal.loads(b)
         torch.load(p, weights_only=True); tload(p)
-        torch.load(p, weights_only=False)
+        torch.load(p, weights_only=not True)
         yaml.load(s); yaml.load(s, Loader=yaml.Loader); yaml.unsafe_load(s)
         np.load(p, allow_pickle=True); np.load(p, allow_pickle=flag)
     """)
