@@ -23,6 +23,11 @@ Per regime (default data: `labelwise data make`, seed 0; 5 % of train and val ve
 5. test top-1 of classifiers trained with no weighting / hard / soft CleanNet weights (the
    all-classes CleanNet model's score file), each over --seeds.
 
+With --features-from CKPT, CleanNet and cleanlab work on features of CKPT instead (the
+reported protocol: the digit backbone pretrained on disjoint scenes by
+benchmarks/pretrain_backbone.py, standing in for the paper's ImageNet ResNet-50); the
+self-confidence baseline still uses the noisy classifier.
+
 Every step writes its result under OUT and is skipped when the file exists (resumable). Prints
 markdown tables (mean ± std over seeds for the training part). cleanlab is a benchmark-only
 dependency: `pip install cleanlab`.
@@ -54,7 +59,14 @@ def main() -> int:
     parser.add_argument("--verified-classes", default="0,1,2,3,4")
     parser.add_argument("--skip-training", action="store_true", help="noise detection only")
     parser.add_argument("--tiny", action="store_true", help="smoke run: tiny data, 1 epoch, 200 steps, 1 seed")
+    parser.add_argument("--features-from", metavar="CKPT", default=None,
+                        help="take CleanNet's and cleanlab's features from this mmpretrain checkpoint of the "
+                             "digit classifier architecture (e.g. one pretrained on other scenes, "
+                             "benchmarks/pretrain_backbone.py) instead of the noisy classifier; results go to "
+                             "files and folders suffixed '-pre'")
     args = parser.parse_args()
+    if args.features_from is not None and not Path(args.features_from).is_file():
+        parser.error(f"--features-from: no checkpoint at {args.features_from}")
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -68,7 +80,8 @@ def main() -> int:
         detection.append(_detection(out / regime, data_root, regime, args))
         if not args.skip_training:
             training.extend(_training(out / regime, data_root, regime, seeds, args))
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}; CleanNet features: "
+          f"{args.features_from or 'noisy classifier'}; {args.steps} SGD steps")
     print(_detection_table(detection))
     if training:
         print()
@@ -102,15 +115,19 @@ def _baseline(work: Path, data_root, regime, seed, args, config=None, env=None) 
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def _features(work: Path, data_root, regime, args):
+def _tag(args) -> str:
+    return "" if args.features_from is None else "-pre"
+
+
+def _features(work: Path, data_root, regime, args, ckpt=None, tag=""):
     from labelwise.adapters.mmpretrain.cleannet import mm_feature_extractor
     from labelwise.plugins.cleannet.features import extract_features, load_features
 
-    ckpt = work / "classifier" / "mmpretrain" / f"epoch_{args.epochs}.pth"
+    ckpt = ckpt or work / "classifier" / "mmpretrain" / f"epoch_{args.epochs}.pth"
     result = {}
     for split in ("train", "val"):
         job = mm_feature_extractor("baseline/digits_noisy", ckpt, data_root=data_root, ann_file=f"{regime}/{split}.txt")
-        path = extract_features(job["embed"], job["dataset"], out=work / f"features-{split}.npz", ids=job["ids"],
+        path = extract_features(job["embed"], job["dataset"], out=work / f"features{tag}-{split}.npz", ids=job["ids"],
                                 labels=job["labels"], batch_size=200, collate_fn=job["collate_fn"], meta=job["meta"],
                                 progress=False)
         result[split] = load_features(path)
@@ -123,7 +140,8 @@ def _features(work: Path, data_root, regime, args):
 def _detection(work: Path, data_root, regime, args) -> dict:
     from labelwise.data import load_regime
 
-    done = work / "detection.json"
+    tag = _tag(args)
+    done = work / f"detection{tag}.json"
     if done.exists():
         return json.loads(done.read_text())
     from scipy.special import softmax
@@ -139,6 +157,11 @@ def _detection(work: Path, data_root, regime, args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     _baseline(work / "classifier", data_root, regime, 0, args)
     feats, w, b = _features(work, data_root, regime, args)
+    # self-confidence always uses the noisy classifier's own probabilities
+    conf = softmax(feats["train"].features @ w.T + b, axis=1)
+    vconf = softmax(feats["val"].features @ w.T + b, axis=1)
+    if args.features_from is not None:
+        feats, _, _ = _features(work, data_root, regime, args, ckpt=args.features_from, tag=tag)
     train, val = load_regime(data_root, regime, "train"), load_regime(data_root, regime, "val")
     x, y, truth, ver = feats["train"].features, train.labels, train.truth, train.verified
     vx, vy, vver = feats["val"].features, val.labels, val.verified
@@ -150,11 +173,11 @@ def _detection(work: Path, data_root, regime, args) -> dict:
     def error(flag_noisy, mask):
         return float(np.mean(flag_noisy[mask] != noisy[mask]))
 
-    row = {"regime": regime, "noise": float(noisy.mean()), "verified_train": int((ver >= 0).sum()),
+    row = {"regime": regime, "features": args.features_from or "noisy classifier", "steps": args.steps,
+           "noise": float(noisy.mean()), "verified_train": int((ver >= 0).sum()),
            "verified_val": int((vver >= 0).sum())}
     # self-confidence of the classifier, threshold on verified val
-    conf = softmax(x @ w.T + b, axis=1)[np.arange(len(y)), y]
-    vconf = softmax(vx @ w.T + b, axis=1)[np.arange(len(vy)), vy]
+    conf, vconf = conf[np.arange(len(y)), y], vconf[np.arange(len(vy)), vy]
     t = choose_threshold(vconf[vver >= 0], vver[vver >= 0], default=0.5)
     row["self_confidence"] = [error(conf < t, eval_mask), error(conf < t, eval_mask & held)]
     # cleanlab on cross-validated probabilities
@@ -174,27 +197,28 @@ def _detection(work: Path, data_root, regime, args) -> dict:
         cfg = CleanNetConfig(steps=args.steps, lr_step=max(1, args.steps // 2), val_interval=min(2000, args.steps))
         result = fit_cleannet(x, y, restrict_verification(ver, y, classes), refs, val_features=vx, val_labels=vy,
                               val_verification=restrict_verification(vver, vy, classes), config=cfg,
-                              work_dir=work / name, progress=False)
-        save_cleannet(work / name / "cleannet.pth", result)
+                              work_dir=work / f"{name}{tag}", progress=False)
+        save_cleannet(work / f"{name}{tag}" / "cleannet.pth", result)
         s = score_samples(result.model, x, y, refs)
         row[name] = [error(s < result.threshold, eval_mask), error(s < result.threshold, eval_mask & held)]
         if name == "cleannet_all":
             for mode in ("hard", "soft"):
-                write_scores(work / f"scores-{mode}.csv", train.ids, y, s,
+                write_scores(work / f"scores-{mode}{tag}.csv", train.ids, y, s,
                              sample_weights(s, mode=mode, threshold=result.threshold))
     write_json(done, row)
     return row
 
 
 def _training(work: Path, data_root, regime, seeds, args) -> list:
+    tag = _tag(args)
     results = []
     for seed in seeds:
         results.append({"regime": regime, "weights": "none", **_baseline(
             work / "classifier" if seed == 0 else work / f"none-seed{seed}", data_root, regime, seed, args)})
         for mode in ("hard", "soft"):
             results.append({"regime": regime, "weights": mode, **_baseline(
-                work / f"{mode}-seed{seed}", data_root, regime, seed, args, config="cleannet/digits_noisy_weighted",
-                env={"LABELWISE_CLEANNET_SCORES": str(work / f"scores-{mode}.csv")})})
+                work / f"{mode}{tag}-seed{seed}", data_root, regime, seed, args, config="cleannet/digits_noisy_weighted",
+                env={"LABELWISE_CLEANNET_SCORES": str(work / f"scores-{mode}{tag}.csv")})})
     return results
 
 
