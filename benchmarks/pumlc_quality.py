@@ -9,7 +9,8 @@ docs/benchmarks.md); only the loss / head / classifier differ:
     negative     baseline/digits_partial          BCE, unknown labels as negatives
     ignore       pumlc/digits_partial_ignore      BCE on the known labels only
     asl          pumlc/digits_partial_asl         mmpretrain AsymmetricLoss, unknowns as negatives
-    pumlc        pumlc/digits_partial_pumlc       PU-MLC loss (gamma 0.55, alpha 1.0)
+    pumlc        pumlc/digits_partial_pumlc       PU-MLC loss (gamma 0.55, alpha 1.0: the paper's COCO setting)
+    pumlc-voc    pumlc/digits_partial_pumlc       PU-MLC loss (gamma 0.85, alpha 2.0: the paper's VOC setting)
     pumlc-mixup  pumlc/digits_partial_pumlc_mixup PU-MLC loss + MixUp regulariser
     pumlc-lgc    pumlc/digits_partial_pumlc_lgc   PU-MLC loss + local-global convolution
 
@@ -39,7 +40,10 @@ VARIANTS = {
     "pumlc": "pumlc/digits_partial_pumlc",
     "pumlc-mixup": "pumlc/digits_partial_pumlc_mixup",
     "pumlc-lgc": "pumlc/digits_partial_pumlc_lgc",
+    "pumlc-voc": "pumlc/digits_partial_pumlc",
 }
+#: config overrides of a variant on top of its config
+VARIANT_OPTIONS = {"pumlc-voc": {"model.head.loss.gamma": 0.85, "model.head.loss.alpha": 2.0}}
 
 
 def main() -> int:
@@ -79,7 +83,8 @@ def main() -> int:
             print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed} ...", file=sys.stderr, flush=True)
             result = train_baseline("mmpretrain", data_root=data_root, regime=f"partial-p{p}", work_dir=work_dir,
                                     seed=seed, epochs=args.epochs, config=VARIANTS[variant],
-                                    cfg_options=cfg_options, progress=False)
+                                    cfg_options={**(cfg_options or {}), **VARIANT_OPTIONS.get(variant, {})},
+                                    progress=False)
         print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed}: mAP {result['value']:.2f} ({result['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
         results.setdefault((variant, p), []).append(result["value"])

@@ -72,3 +72,21 @@ def test_demo_tiny_end_to_end_and_resume(tmp_path):
     other = run_python("-m", "labelwise", "demo", "--quick", "--out", str(out), timeout=120, check=False)
     assert other.returncode != 0
     assert f"{out} holds a 'tiny' demo" in other.stderr and "--quick" in other.stderr
+
+
+def test_summary_caveat_names_a_baseline_at_the_constant_score_floor(tiny_digits, tmp_path):
+    import numpy as np
+
+    from labelwise.data import load_regime
+    from labelwise.demo.report import _measured_caveats
+
+    (tmp_path / "data").symlink_to(tiny_digits)
+    labels = np.asarray(load_regime(tiny_digits, "partial-p0.3", "test").labels, dtype=float)
+    floor = 100 * labels.mean(axis=0).mean()  # hand check: AP of a constant score = prevalence
+    run = lambda partial: [{"seed": 0, "partial": {"value": partial}, "single": {"value": 61.5}}]  # noqa: E731
+    at_floor = _measured_caveats(tmp_path, run(floor + 1.0))
+    assert any(f"({floor + 1.0:.2f} mAP) is within 5 points of the constant-score floor ({floor:.2f}" in line
+               for line in at_floor)
+    trained = _measured_caveats(tmp_path, run(floor + 30.0))
+    assert not any("constant-score floor" in line for line in trained)
+    assert any("checkpoint A, 61.50 % top-1" in line for line in trained)

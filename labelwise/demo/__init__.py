@@ -86,7 +86,8 @@ MODES = {
     "tiny": DemoMode("tiny", num_train=160, num_val=80, num_test=80, verified_fraction=0.25, epochs=1, seeds=(0,),
                      cleannet_steps=100, cft_epochs=20, cft_patience=5, pretrain_train=160, pretrain_epochs=1,
                      pretrain_all=True, width=8, workers=0),
-    # minutes on 2 CPU cores; one seed, so the deltas are noisy. From scratch, a few epochs on
+    # about 9 minutes on 2 idle CPU cores (522 s measured, 175 s of it for P); one seed, so the
+    # deltas are noisy. From scratch, a few epochs on
     # 1,200 images stay on the initial plateau (chance level), so every run fine-tunes P. P needs
     # about 900 steps of batch 64 to leave the plateau: 10 epochs at batch 32 gave 24% top-1 on
     # its own test split, 20 epochs at batch 64 gave 60.4% (width 16, 3,000 scenes, seed 0).

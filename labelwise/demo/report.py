@@ -162,6 +162,27 @@ def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed
          if len(per_seed) == 1 else "- Mean ± sample std over seeds; deltas are paired per seed. ")
         + ("Small data and few epochs: these are not the benchmark figures; see docs/benchmarks.md for "
            "the 3-seed results." if mode.name != "full" else "See docs/benchmarks.md for the published figures."),
+        *_measured_caveats(out, per_seed),
     ]
     with atomic_write(out / "summary.md", "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _measured_caveats(out: Path, per_seed: list) -> list:
+    """Caveats that follow from this run's own numbers (a baseline that learned nothing, a weak annotator)."""
+    from labelwise.data import load_regime
+
+    lines = []
+    test = load_regime(out / "data", "partial-p0.3", "test")
+    floor = 100 * float(np.mean(np.asarray(test.labels, dtype=float).mean(axis=0)))  # AP of a constant score
+    partial = float(np.mean([r["partial"]["value"] for r in per_seed]))
+    if partial < floor + 5:
+        lines.append(f"- The assume-negative baseline ({partial:.2f} mAP) is within 5 points of the constant-score "
+                     f"floor ({floor:.2f}: the mean class prevalence of the test split, the mAP of a model that ranks "
+                     "nothing): in this schedule it did not learn to rank, so the PU-MLC and CFT rows compare with "
+                     "an untrained head. docs/benchmarks.md gives the partial-label protocol that trains it.")
+    annotator = float(np.mean([r["single"]["value"] for r in per_seed]))
+    lines.append(f"- ReLabel's annotator and the refinery are the baseline itself (checkpoint A, {annotator:.2f} % "
+                 "top-1): a target is only as good as the model that writes it, and the papers use annotators "
+                 "much stronger than their students (docs/methods/labelpool.md and docs/methods/refinery.md).")
+    return lines
