@@ -252,3 +252,18 @@ def test_reference_maps_are_read_weights_only(tmp_path):
     with pytest.raises(DataError, match=r"n01/evil\.pt is unreadable, truncated or not a tensor file"):
         reader.get("train/n01/evil.JPEG")
     assert not marker.exists()
+
+
+def test_info_reports_a_store_still_being_written(tmp_path, capsys):
+    from labelwise.cli import main
+
+    _write(tmp_path / "maps")  # 7 images in shards of 3, 3, 1
+    assert main(["labelmaps", "info", str(tmp_path / "maps")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["images"], info["written"], info["complete"], info["shards"]) == (7, 7, True, 3)
+    (tmp_path / "maps" / "shard-00001.bin").unlink()  # as if a writer had not reached shard 1 yet
+    assert main(["labelmaps", "info", str(tmp_path / "maps")]) == 2
+    assert "incomplete store" in capsys.readouterr().err
+    assert main(["labelmaps", "info", "--allow-incomplete", str(tmp_path / "maps")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["images"], info["written"], info["complete"]) == (7, 4, False)

@@ -59,6 +59,9 @@ def add_commands(subparsers) -> None:
     maps_sub = maps.add_subparsers(dest="labelmaps_command", metavar="SUBCOMMAND", required=True)
     info = maps_sub.add_parser("info", help="print a store's size, map shape and bytes per image")
     info.add_argument("store")
+    info.add_argument("--allow-incomplete", action="store_true",
+                      help="report on a store that is still being written (or was interrupted): how many "
+                           "images are written so far, instead of refusing it")
     info.set_defaults(func=_run_info)
     convert = maps_sub.add_parser(
         "convert", help="copy per-image reference .pt maps into a store",
@@ -180,9 +183,11 @@ def _distributed(device):
 def _run_info(args) -> int:
     from labelwise.plugins.labelpool.store import LabelMapStore
 
-    store = LabelMapStore(args.store)
+    store = LabelMapStore(args.store, allow_incomplete=args.allow_incomplete)
+    written = len(store.written_records()) if args.allow_incomplete else len(store)
     print(json.dumps({
-        "store": str(store.path), "images": len(store), "num_classes": store.num_classes,
+        "store": str(store.path), "images": len(store), "written": written, "complete": written == len(store),
+        "num_classes": store.num_classes,
         "k": store.k, "map_size": [store.height, store.width],
         "bytes_per_image": store.bytes_per_image, "shards": len(store.index["shards"]),
         "meta": store.meta}, indent=1))
