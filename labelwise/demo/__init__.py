@@ -3,8 +3,9 @@
 First a "pretrained" backbone P is trained on single labels of a second, disjoint set of
 scenes (the digit-scenes stand-in for ImageNet pretraining, as ``benchmarks/pretrain_backbone.py``).
 Then, per seed: the ``single`` baseline (checkpoint A) is the baseline of LabelPooling and
-Label Refinery, ReLabel's annotator and the refinery of generation 2; CleanNet scores the
-``noisy-symmetric-r0.2`` baseline's training set and reweights a new run; PU-MLC and the
+Label Refinery, ReLabel's annotator and the refinery of generation 2; CleanNet, on P's features
+(the stand-in for the paper's ImageNet features), scores the ``noisy-symmetric-r0.2`` training
+set and reweights a new run against the noisy baseline; PU-MLC and the
 "assume negative" baseline on ``partial-p0.3`` both start from P; CFT calibrates that
 baseline's final layer, whose ONNX export is checked with onnxruntime. In the quick and tiny
 modes every run starts from P (a few epochs from scratch stay at chance level); in the full

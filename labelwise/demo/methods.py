@@ -102,7 +102,8 @@ def pretrain(work: Path, mode, steps) -> dict:
               lambda: run.train(data_root, dataclasses.replace(mode, epochs=mode.pretrain_epochs), 0,
                                 batch_size=mode.pretrain_batch))
     return {"checkpoint": str(run.work / "mmpretrain" / f"epoch_{mode.pretrain_epochs}.pth"),
-            "train_images": mode.pretrain_train, "epochs": mode.pretrain_epochs, "top1": run.result()["value"]}
+            "config": str(run.dumped_config()), "train_images": mode.pretrain_train, "epochs": mode.pretrain_epochs,
+            "top1": run.result()["value"]}
 
 
 def run_seed(work: Path, data_root: Path, mode, seed: int, steps, *, pretrained: dict) -> dict:
@@ -136,13 +137,14 @@ def run_seed(work: Path, data_root: Path, mode, seed: int, steps, *, pretrained:
               lambda: refinery.train(data_root, mode, seed, cfg_options={
                   **init, "data_preprocessor.refinery": dict(config=str(a_cfg), checkpoint=str(a_ckpt))}))
 
-    # 5-9. CleanNet
+    # 5-9. CleanNet on P's features (the stand-in for the paper's ImageNet ResNet-50 features, as in
+    # benchmarks/cleannet_quality.py --features-from)
     noisy = Run(work / "baseline-noisy", "baseline/digits_noisy", NOISY)
-    steps.run(s(f"cleannet: baseline on '{NOISY}' (the feature extractor)"), noisy.metrics_file,
+    steps.run(s(f"cleannet: baseline on '{NOISY}'"), noisy.metrics_file,
               lambda: noisy.train(data_root, mode, seed, cfg_options=init))
     cn = work / "cleannet"
-    steps.run(s("cleannet: features of the train and val splits"), cn / "features-val.npz",
-              lambda: _cleannet_features(cn, data_root, noisy.dumped_config(), noisy.checkpoint(mode)))
+    steps.run(s("cleannet: P's features of the noisy train and val splits"), cn / "features-val.npz",
+              lambda: _cleannet_features(cn, data_root, pretrained["config"], pretrained["checkpoint"]))
     steps.run(s(f"cleannet: fit ({mode.cleannet_steps} steps)"), cn / "cleannet.pth",
               lambda: _cleannet_fit(cn, data_root, mode, seed))
     steps.run(s("cleannet: scores, noise detection and histogram"), cn / "detection.json",

@@ -142,7 +142,7 @@ def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed
         "- LabelPooling and Label Refinery: baseline = the `single` run (checkpoint A), which is also ReLabel's "
         f"annotator ({maps['map_size'][0]}x{maps['map_size'][1]} maps of the whole image at {maps['input_size']} px, "
         "top-5) and the refinery of generation 2.",
-        f"- CleanNet: {mode.cleannet_steps} steps, {det['weights']} weights. Noise detection on the "
+        f"- CleanNet: on P's features, {mode.cleannet_steps} steps, {det['weights']} weights. Noise detection on the "
         f"{det['samples']} unverified noisy training samples (truth from the data): error "
         f"{100 * det['error']:.1f} % (flag nothing: {100 * det['noise_rate']:.1f} %), threshold "
         f"{det['threshold']:.3f}, {100 * det['flagged']:.1f} % flagged.",
