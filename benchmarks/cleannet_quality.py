@@ -33,6 +33,7 @@ markdown tables (mean ± std over seeds for the training part). cleanlab is a be
 dependency: `pip install cleanlab`.
 """
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -173,6 +174,11 @@ def _detection(work: Path, data_root, regime, args) -> dict:
     def error(flag_noisy, mask):
         return float(np.mean(flag_noisy[mask] != noisy[mask]))
 
+    def auroc(clean_score):  # threshold-free: how well a score ranks wrong labels below right ones
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(noisy[eval_mask], -np.asarray(clean_score)[eval_mask]))
+
     row = {"regime": regime, "features": args.features_from or "noisy classifier", "steps": args.steps,
            "noise": float(noisy.mean()), "verified_train": int((ver >= 0).sum()),
            "verified_val": int((vver >= 0).sum())}
@@ -180,6 +186,7 @@ def _detection(work: Path, data_root, regime, args) -> dict:
     conf, vconf = conf[np.arange(len(y)), y], vconf[np.arange(len(vy)), vy]
     t = choose_threshold(vconf[vver >= 0], vver[vver >= 0], default=0.5)
     row["self_confidence"] = [error(conf < t, eval_mask), error(conf < t, eval_mask & held)]
+    row["auroc"] = {"self_confidence": auroc(conf)}
     # cleanlab on cross-validated probabilities
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
@@ -191,6 +198,7 @@ def _detection(work: Path, data_root, regime, args) -> dict:
                               cv=5, method="predict_proba")
     issues = find_label_issues(y, probs)
     row["cleanlab"] = [error(issues, eval_mask), error(issues, eval_mask & held)]
+    row["auroc"]["cleanlab (CV probability of the label)"] = auroc(probs[np.arange(len(y)), y])
     # CleanNet: all classes verified, and the transfer setting
     refs = build_reference_sets(x, y, num_classes=10, k=args.k, seed=0)
     for name, classes in (("cleannet_all", range(10)), ("cleannet_transfer", [int(c) for c in args.verified_classes.split(",")])):
@@ -201,6 +209,14 @@ def _detection(work: Path, data_root, regime, args) -> dict:
         save_cleannet(work / f"{name}{tag}" / "cleannet.pth", result)
         s = score_samples(result.model, x, y, refs)
         row[name] = [error(s < result.threshold, eval_mask), error(s < result.threshold, eval_mask & held)]
+        row["auroc"][f"{name} (selected step {result.best_step})"] = auroc(s)
+        # the last step's model, from the resumable training state: what the best-step rule saved us from
+        from labelwise.checkpoint import load_checkpoint
+        from labelwise.plugins.cleannet.fit import STATE_FILE
+
+        final = copy.deepcopy(result.model)
+        final.load_state_dict(load_checkpoint(work / f"{name}{tag}" / STATE_FILE)["model"])
+        row["auroc"][f"{name} (last step {args.steps})"] = auroc(score_samples(final.eval(), x, y, refs))
         if name == "cleannet_all":
             for mode in ("hard", "soft"):
                 write_scores(work / f"scores-{mode}{tag}.csv", train.ids, y, s,
@@ -232,6 +248,10 @@ def _detection_table(rows) -> str:
                  ("self_confidence", "cleanlab", "cleannet_all", "cleannet_transfer")]
         lines.append(f"| {r['regime']} | {100 * r['noise']:.1f} | {r['verified_train']}/{r['verified_val']} | "
                      + " | ".join(cells) + " |")
+    lines += ["", "AUROC of each score at ranking the wrong labels of the unverified training samples below the "
+              "right ones (all classes; threshold-free)", "", "| regime | detector | AUROC |", "|---|---|---|"]
+    for r in rows:
+        lines += [f"| {r['regime']} | {name} | {value:.3f} |" for name, value in r.get("auroc", {}).items()]
     return "\n".join(lines)
 
 
