@@ -18,8 +18,9 @@ With ``--pretrained CKPT`` every run starts from that backbone (the digit-scenes
 ImageNet pretraining, made by ``benchmarks/pretrain_backbone.py`` on disjoint images).
 
 Generates the default digit scenes (seed 0) under OUT/data if missing. Finished runs
-(OUT/runs/<variant>-p<p>-seed<s>/metrics.json) are reused, so the script resumes. Prints a
-markdown table and the per-seed values.
+(OUT/runs/<variant>-p<p>-seed<s>/metrics.json) are reused, so the script resumes; the same
+command started twice shares the runs between the two processes (benchmarks/_claims.py; e.g.
+two single-threaded processes on 2 cores). Prints a markdown table and the per-seed values.
 """
 import argparse
 import json
@@ -32,6 +33,8 @@ import torch
 from labelwise.data import make_dataset
 from labelwise.errors import LabelwiseError
 from labelwise.train import METRICS_FILE, pretrained_backbone, train_baseline
+
+from _claims import claim, release, wait_for  # benchmarks/_claims.py
 
 VARIANTS = {
     "negative": "baseline/digits_partial",
@@ -73,18 +76,36 @@ def main() -> int:
             cfg_options = pretrained_backbone(args.pretrained)
         except LabelwiseError as exc:
             parser.error(f"--pretrained: {exc}")
-    results = {}
+    def train(i, variant, p, seed, work_dir):
+        print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed} ...", file=sys.stderr, flush=True)
+        try:
+            return train_baseline("mmpretrain", data_root=data_root, regime=f"partial-p{p}", work_dir=work_dir,
+                                  seed=seed, epochs=args.epochs, config=VARIANTS[variant],
+                                  cfg_options={**(cfg_options or {}), **VARIANT_OPTIONS.get(variant, {})},
+                                  progress=False)
+        finally:
+            release(work_dir)
+
+    # a second process of the same command shares the runs (benchmarks/_claims.py)
+    found, deferred = {}, []
     for i, (variant, p, seed) in enumerate(runs, 1):
         work_dir = runs_dir / f"{variant}-p{p}-seed{seed}"
-        done = work_dir / METRICS_FILE
-        if done.exists():
-            result = json.loads(done.read_text())
+        if (work_dir / METRICS_FILE).exists():
+            found[i] = json.loads((work_dir / METRICS_FILE).read_text())
+        elif claim(work_dir):
+            found[i] = train(i, variant, p, seed, work_dir)
         else:
-            print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed} ...", file=sys.stderr, flush=True)
-            result = train_baseline("mmpretrain", data_root=data_root, regime=f"partial-p{p}", work_dir=work_dir,
-                                    seed=seed, epochs=args.epochs, config=VARIANTS[variant],
-                                    cfg_options={**(cfg_options or {}), **VARIANT_OPTIONS.get(variant, {})},
-                                    progress=False)
+            deferred.append(i)
+    for i in deferred:  # claimed by another process: wait for its result (or take the run over)
+        variant, p, seed = runs[i - 1]
+        work_dir = runs_dir / f"{variant}-p{p}-seed{seed}"
+        while not wait_for(work_dir / METRICS_FILE, work_dir):
+            if claim(work_dir):
+                train(i, variant, p, seed, work_dir)
+        found[i] = json.loads((work_dir / METRICS_FILE).read_text())
+    results = {}
+    for i, (variant, p, seed) in enumerate(runs, 1):
+        result = found[i]
         print(f"[{i}/{len(runs)}] {variant} p={p} seed {seed}: mAP {result['value']:.2f} ({result['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
         results.setdefault((variant, p), []).append(result["value"])
