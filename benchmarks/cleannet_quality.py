@@ -2,7 +2,7 @@
 
     python benchmarks/cleannet_quality.py --out outputs/bench-cleannet \
         --regimes noisy-symmetric-r0.2,noisy-symmetric-r0.4,noisy-pairflip-r0.2,noisy-pairflip-r0.4 \
-        --seeds 0,1,2                      # full run (the integrator's)
+        --seeds 0,1,2                      # every regime, 3 seeds
     python benchmarks/cleannet_quality.py --out /tmp/cn-tiny --tiny      # smoke test, minutes
 
 Per regime (default data: `labelwise data make`, seed 0; 5 % of train and val verified):
