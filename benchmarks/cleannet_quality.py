@@ -21,7 +21,10 @@ Per regime (default data: `labelwise data make`, seed 0; 5 % of train and val ve
    prediction disagrees with the truth, on all classes and on the classes held out of
    verification;
 5. test top-1 of classifiers trained with no weighting / hard / soft CleanNet weights (the
-   all-classes CleanNet model's score file), each over --seeds.
+   all-classes CleanNet model's score file), each over --seeds, from scratch or, with
+   --init-from CKPT, all three from that backbone (the paper's classifiers start from ImageNet
+   weights; with --features-from P and classifiers from scratch, the weights carry P's
+   knowledge that the unweighted baseline never sees).
 
 With --features-from CKPT, CleanNet and cleanlab work on features of CKPT instead (the
 reported protocol: the digit backbone pretrained on disjoint scenes by
@@ -65,7 +68,12 @@ def main() -> int:
                              "digit classifier architecture (e.g. one pretrained on other scenes, "
                              "benchmarks/pretrain_backbone.py) instead of the noisy classifier; results go to "
                              "files and folders suffixed '-pre'")
+    parser.add_argument("--init-from", metavar="CKPT", default=None,
+                        help="start the classifier runs of the training part (no / hard / soft weights) from this "
+                             "backbone checkpoint instead of from scratch; their folders get '-init'")
     args = parser.parse_args()
+    if args.init_from is not None and not Path(args.init_from).is_file():
+        parser.error(f"--init-from: no checkpoint at {args.init_from}")
     if args.features_from is not None and not Path(args.features_from).is_file():
         parser.error(f"--features-from: no checkpoint at {args.features_from}")
     import torch
@@ -99,7 +107,7 @@ def _data(out: Path, tiny: bool) -> Path:
     return make_dataset(out / "data", config=config, seed=0, progress=False)
 
 
-def _baseline(work: Path, data_root, regime, seed, args, config=None, env=None) -> dict:
+def _baseline(work: Path, data_root, regime, seed, args, config=None, env=None, cfg_options=None) -> dict:
     from labelwise.train import train_baseline
 
     done = work / "metrics.json"
@@ -110,7 +118,7 @@ def _baseline(work: Path, data_root, regime, seed, args, config=None, env=None) 
     os.environ.update(env or {})
     try:
         return train_baseline("mmpretrain", data_root=data_root, regime=regime, work_dir=work, seed=seed,
-                              epochs=args.epochs, config=config, progress=False)
+                              epochs=args.epochs, config=config, cfg_options=cfg_options, progress=False)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -227,13 +235,22 @@ def _detection(work: Path, data_root, regime, args) -> dict:
 
 def _training(work: Path, data_root, regime, seeds, args) -> list:
     tag = _tag(args)
+    init, start = None, ""
+    if args.init_from is not None:  # every classifier run (weighted or not) starts from this backbone
+        from labelwise.train import pretrained_backbone
+
+        init, start = pretrained_backbone(args.init_from), "-init"
     results = []
     for seed in seeds:
-        results.append({"regime": regime, "weights": "none", **_baseline(
-            work / "classifier" if seed == 0 else work / f"none-seed{seed}", data_root, regime, seed, args)})
+        none_dir = (work / "classifier" if seed == 0 else work / f"none-seed{seed}") if init is None else \
+            work / f"none-init-seed{seed}"
+        label = "pretrained backbone" if init is not None else "scratch"
+        results.append({"regime": regime, "weights": "none", "start": label,
+                        **_baseline(none_dir, data_root, regime, seed, args, cfg_options=init)})
         for mode in ("hard", "soft"):
-            results.append({"regime": regime, "weights": mode, **_baseline(
-                work / f"{mode}{tag}-seed{seed}", data_root, regime, seed, args, config="cleannet/digits_noisy_weighted",
+            results.append({"regime": regime, "weights": mode, "start": label, **_baseline(
+                work / f"{mode}{tag}{start}-seed{seed}", data_root, regime, seed, args,
+                config="cleannet/digits_noisy_weighted", cfg_options=init,
                 env={"LABELWISE_CLEANNET_SCORES": str(work / f"scores-{mode}{tag}.csv")})})
     return results
 
@@ -258,12 +275,19 @@ def _detection_table(rows) -> str:
 def _training_table(results) -> str:
     groups = {}
     for r in results:
-        groups.setdefault((r["regime"], r["weights"]), []).append(r["value"])
-    lines = ["Test top-1 (%), mean ± std over seeds", "", "| regime | weights | seeds | top-1 |", "|---|---|---|---|"]
-    for (regime, weights), values in groups.items():
-        v = np.array(values)
-        std = v.std(ddof=1) if len(v) > 1 else 0.0
-        lines.append(f"| {regime} | {weights} | {len(v)} | {v.mean():.2f} ± {std:.2f} |")
+        groups.setdefault((r["regime"], r.get("start", "scratch"), r["weights"]), []).append(r["value"])
+    lines = ["Test top-1 (%), mean ± std over seeds; change paired with no weighting on the same seed", "",
+             "| regime | classifier starts from | weights | top-1 | per seed | change vs none |",
+             "|---|---|---|---|---|---|"]
+
+    def mean_std(v, sign=""):
+        return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+    for (regime, start, weights), values in groups.items():
+        v, none = np.array(values), np.array(groups[(regime, start, "none")])
+        change = mean_std(v - none, "+") if weights != "none" and len(v) == len(none) else "-"
+        lines.append(f"| {regime} | {start} | {weights} | {mean_std(v)} | {' / '.join(f'{x:.1f}' for x in v)} | "
+                     f"{change} |")
     return "\n".join(lines)
 
 
