@@ -16,24 +16,15 @@ import numpy as np
 
 
 def logits_of(run_dir: Path, data_root):
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
-
     from labelwise.adapters.mmpretrain.cft import extract_features
-    from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
+    from labelwise.adapters.mmpretrain.runner import build_trained_model
 
     configs = sorted(run_dir.glob("*.py"))
     checkpoints = sorted(run_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     if not configs or not checkpoints:
         raise SystemExit(f"{run_dir}: no dumped config or epoch_*.pth checkpoint (run benchmarks/pumlc_quality.py)")
-    cfg = load_config(configs[0], work_dir=run_dir.parent / "diagnose", data_root=data_root)
-    init_default_scope("mmpretrain")
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    load_weights(model, extract_state_dict(load_checkpoint(checkpoints[-1])), checkpoint=checkpoints[-1],
-                 target=f"the model of {configs[0]}", allow_unexpected=True)
+    model, cfg = build_trained_model(configs[0], checkpoints[-1], work_dir=run_dir.parent / "diagnose",
+                                     data_root=data_root)
     features, labels = extract_features(model, copy.deepcopy(cfg.test_dataloader.dataset), progress=False)
     fc = model.head.fc
     return features @ fc.weight.detach().numpy().T + fc.bias.detach().numpy(), labels

@@ -282,20 +282,10 @@ def _test_features(path: Path, config, checkpoint, data_root) -> None:
     """Penultimate features of the fully labelled test split, and the original final layer."""
     import copy
 
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
-
     from labelwise.adapters.mmpretrain.cft import extract_features
-    from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
+    from labelwise.adapters.mmpretrain.runner import build_trained_model
 
-    cfg = load_config(config, work_dir=path.parent / "cft", data_root=data_root)
-    init_default_scope("mmpretrain")
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
-                 target=f"the model of {config}", allow_unexpected=True)
+    model, cfg = build_trained_model(config, checkpoint, work_dir=path.parent / "cft", data_root=data_root)
     features, labels = extract_features(model, copy.deepcopy(cfg.test_dataloader.dataset), progress=True)
     fc = model.head.fc
     with atomic_write(path, "wb") as f:

@@ -326,21 +326,10 @@ def calibrate_checkpoint(config, checkpoint, out_dir, *, options: CFTOptions | N
     Returns:
         The run's summary (see :meth:`~labelwise.plugins.cft.calibrate.CFTResult.summary`).
     """
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
-
-    from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
+    from labelwise.adapters.mmpretrain.runner import build_trained_model
     from labelwise.plugins.cft.outputs import file_sha256
 
-    cfg = load_config(config, work_dir=out_dir, data_root=data_root)
-    init_default_scope("mmpretrain")
-    model_cfg = copy.deepcopy(cfg.model)
-    if cfg.get("data_preprocessor") is not None:  # as mmengine's Runner does
-        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
-                 target=f"the model of {cfg.filename}", allow_unexpected=True)
+    model, cfg = build_trained_model(config, checkpoint, work_dir=out_dir, data_root=data_root)
     model.to(device)
     train_ds = _dataset_cfg(cfg, "train_dataloader", train_ann, what="--train-ann")
     val_ds = _dataset_cfg(cfg, "val_dataloader", val_ann, what="--val-ann")

@@ -65,6 +65,29 @@ def load_config(
     return cfg
 
 
+def build_trained_model(config, checkpoint, *, work_dir, data_root=None):
+    """The model of ``config`` (with its data preprocessor, as mmengine's Runner builds it) holding
+    the weights of ``checkpoint`` (read with :func:`labelwise.checkpoint.load_checkpoint`).
+
+    Returns:
+        ``(model, cfg)``: the model in train mode on the CPU, and the loaded config.
+    """
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
+
+    cfg = load_config(config, work_dir=work_dir, data_root=data_root)
+    init_default_scope("mmpretrain")
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get("data_preprocessor") is not None:
+        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
+    load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
+                 target=f"the model of {cfg.filename}", allow_unexpected=True)
+    return model, cfg
+
+
 def _set_data_root(dataset_cfg, data_root: str) -> None:
     if "data_root" in dataset_cfg:
         dataset_cfg["data_root"] = data_root
