@@ -217,6 +217,10 @@ def test_fit_learns_noise_detection(tmp_path):
     assert result.val_accuracy == max(r["val_accuracy"] for r in result.history)
     assert result.best_step == 100 * (1 + [r["val_accuracy"] for r in result.history].index(result.val_accuracy))
     scores = score_samples(result.model, feats, labels, refs)
+    # the threshold is chosen on the verified validation samples' scores of the returned model
+    val_scores = score_samples(result.model, vfeats, vlabels, refs)
+    assert result.threshold == choose_threshold(val_scores, (vlabels == vtruth).astype(np.int8), default=cfg.val_threshold)
+    assert result.threshold != cfg.val_threshold
     unverified = verification < 0
     assert detection_accuracy(scores[unverified], correct[unverified], result.threshold) > 0.9
     assert detection_accuracy(scores[unverified], correct[unverified], result.threshold) > (

@@ -37,8 +37,10 @@ def _teacher_checkpoint(cfg, path, seed=1):
     return path
 
 
-def test_runner_step_teacher_frozen_same_input_excluded_everywhere(tiny_config, tmp_path):
-    """One real Runner (EMA hook, Mixup): the teacher gets the student's exact batch, no grads,
+@pytest.mark.parametrize("augment", [dict(type="Mixup", alpha=0.8), dict(type="CutMix", alpha=1.0)],
+                         ids=["mixup", "cutmix"])
+def test_runner_step_teacher_frozen_same_input_excluded_everywhere(augment, tiny_config, tmp_path):
+    """One real Runner (EMA hook, Mixup or CutMix): the teacher gets the student's exact batch, no grads,
     unchanged params/buffers, and is absent from the optimizer, EMA and the checkpoints."""
     from mmengine.runner import Runner
 
@@ -46,7 +48,7 @@ def test_runner_step_teacher_frozen_same_input_excluded_everywhere(tiny_config, 
     base.dump(str(tmp_path / "teacher.py"))
     ckpt = _teacher_checkpoint(base, tmp_path / "teacher.pth")
     cfg = tiny_config(tmp_path / "work", **{
-        "data_preprocessor.batch_augments": dict(augments=[dict(type="Mixup", alpha=0.8)]),
+        "data_preprocessor.batch_augments": dict(augments=[augment]),
         "custom_hooks": [dict(type="EMAHook", momentum=0.1)],
     })
     cfg.data_preprocessor.refinery = dict(config=str(tmp_path / "teacher.py"), checkpoint=str(ckpt))
