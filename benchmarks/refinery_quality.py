@@ -142,6 +142,15 @@ def main() -> int:
         std = a.std(ddof=1) if len(a) > 1 else 0.0
         name = f"{v} (width {small})" if v.startswith("small") else v
         lines.append(f"| {name} | {what[v]} | {a.mean():.2f} ± {std:.2f} | {' / '.join(f'{x:.1f}' for x in a)} |")
+    pairs = [("gen2", "gen1"), ("gen3", "gen1"), ("gen3", "gen2"), ("gen2-offline", "gen1"), ("gen2", "gen2-offline"),
+             ("small-refined", "small-gt")]
+    pairs = [(a, b) for a, b in pairs if a in values and b in values]
+    if pairs:  # paired by seed: the same data order and initial weights within a seed
+        lines += ["", "| paired change (same seed) | mean ± std | per seed |", "|---|---|---|"]
+        for a, b in pairs:
+            d = np.array(values[a], dtype=float) - np.array(values[b], dtype=float)
+            std = d.std(ddof=1) if len(d) > 1 else 0.0
+            lines.append(f"| {a} - {b} | {d.mean():+.2f} ± {std:.2f} | {' / '.join(f'{x:+.1f}' for x in d)} |")
     from labelwise.utils.fileio import atomic_write
 
     with atomic_write(out / "table.md", "w") as f:  # the Runner logs to stdout too
