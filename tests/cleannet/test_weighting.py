@@ -136,3 +136,28 @@ def test_example_configs_build_their_training_set(name, tiny_digits, tmp_path, m
         sample = dataset[len(train.ids) - 1]["data_samples"]
         assert sample.sample_weight == 1.0
         assert dataset[0]["data_samples"].sample_weight == 0.0
+
+
+def test_histogram_splits_verified_clean_noisy_and_unverified(tmp_path, monkeypatch):
+    from labelwise.plugins.cleannet import plot
+
+    captured = {}
+
+    def keep(path, fig):
+        captured["fig"] = fig
+        (tmp_path / "hist.png").write_bytes(b"")
+
+    monkeypatch.setattr(plot, "write_figure", keep)
+    scores = np.array([0.9, 0.8, 0.7, -0.5, -0.6, 0.1, 0.2, 0.3, 0.4])
+    verification = np.array([1, 1, 1, 0, 0, -1, -1, -1, -1])
+    plot.plot_score_histogram(tmp_path / "hist.png", scores, verification, threshold=0.25, bins=4)
+    ax = captured["fig"].axes[0]
+    assert sorted(ax.get_legend_handles_labels()[1]) == [
+        "threshold 0.250", "unverified (n=4)", "verified clean (n=3)", "verified noisy (n=2)"]
+    # each group is its own density histogram over [-1, 1] (4 bins of width 0.5): the three clean
+    # scores fall in [0.5, 1], density 3 / (3 * 0.5) = 2; the two noisy ones, one in [-1, -0.5) and
+    # one in [-0.5, 0), density 1 each
+    drawn = {p.get_label(): p.get_path().vertices for p in ax.patches if not p.get_label().startswith("_")}
+    clean, noisy = drawn["verified clean (n=3)"], drawn["verified noisy (n=2)"]
+    assert clean[:, 1].max() == pytest.approx(2.0) and clean[clean[:, 1] > 0, 0].min() == pytest.approx(0.5)
+    assert noisy[:, 1].max() == pytest.approx(1.0) and noisy[noisy[:, 1] > 0, 0].max() == pytest.approx(0.0)
