@@ -261,3 +261,12 @@ def test_mm_features_use_the_configs_data_preprocessor(tiny_digits):
         job["embed"](batch)
     handle.remove()
     assert torch.allclose(captured["x"], expected_inputs, atol=1e-5)
+
+
+def test_extract_features_shows_progress_only_when_asked(tmp_path, capsys):
+    data, embed, ids = _toy()
+    extract_features(embed, data, out=tmp_path / "a.npz", ids=ids, batch_size=4, chunk_size=8, progress=True)
+    shown = capsys.readouterr().err
+    assert "features:" in shown and "/23 [" in shown and "img/s" in shown  # a bar over the 23 samples
+    extract_features(embed, data, out=tmp_path / "b.npz", ids=ids, batch_size=4, chunk_size=8, progress=False)
+    assert "features" not in capsys.readouterr().err
