@@ -39,6 +39,11 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def mean_std(a, sign=""):
+    """``mean ± sample std`` (std 0 for a single seed)."""
+    return f"{a.mean():{sign}.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+
+
 def width_options(width):
     return {"model.backbone.base_channels": width, "model.head.in_channels": width * 8}
 
@@ -139,9 +144,8 @@ def main() -> int:
             "small-refined": "gen1 (full width), online"}
     for v in variants:
         a = np.array(values[v], dtype=float)
-        std = a.std(ddof=1) if len(a) > 1 else 0.0
         name = f"{v} (width {small})" if v.startswith("small") else v
-        lines.append(f"| {name} | {what[v]} | {a.mean():.2f} ± {std:.2f} | {' / '.join(f'{x:.1f}' for x in a)} |")
+        lines.append(f"| {name} | {what[v]} | {mean_std(a)} | {' / '.join(f'{x:.1f}' for x in a)} |")
     pairs = [("gen2", "gen1"), ("gen3", "gen1"), ("gen3", "gen2"), ("gen2-offline", "gen1"), ("gen2", "gen2-offline"),
              ("small-refined", "small-gt")]
     pairs = [(a, b) for a, b in pairs if a in values and b in values]
@@ -149,8 +153,7 @@ def main() -> int:
         lines += ["", "| paired change (same seed) | mean ± std | per seed |", "|---|---|---|"]
         for a, b in pairs:
             d = np.array(values[a], dtype=float) - np.array(values[b], dtype=float)
-            std = d.std(ddof=1) if len(d) > 1 else 0.0
-            lines.append(f"| {a} - {b} | {d.mean():+.2f} ± {std:.2f} | {' / '.join(f'{x:+.1f}' for x in d)} |")
+            lines.append(f"| {a} - {b} | {mean_std(d, '+')} | {' / '.join(f'{x:+.1f}' for x in d)} |")
     from labelwise.utils.fileio import atomic_write
 
     with atomic_write(out / "table.md", "w") as f:  # the Runner logs to stdout too
