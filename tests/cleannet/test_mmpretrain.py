@@ -8,7 +8,6 @@ import torch
 
 from conftest import ROOT, run_python
 from labelwise.errors import ConfigError, DataError
-from labelwise.plugins.cleannet.scorefile import write_scores
 
 REGIME = "noisy-symmetric-r0.2"
 
@@ -19,17 +18,6 @@ def _build(registry_name, cfg):
 
     init_default_scope("mmpretrain")
     return getattr(registry, registry_name).build(cfg)
-
-
-@pytest.fixture()
-def scores_csv(tiny_digits, tmp_path):
-    from labelwise.data import load_regime
-
-    train = load_regime(tiny_digits, REGIME, "train")
-    scores = np.linspace(-0.5, 0.9, len(train.ids))
-    path = tmp_path / "scores.csv"
-    write_scores(path, train.ids, train.labels, scores, (scores >= 0.2).astype(float))
-    return path, train, scores
 
 
 def test_weight_transform_attaches_weights(scores_csv, tiny_digits):

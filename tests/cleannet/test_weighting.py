@@ -112,18 +112,14 @@ def test_timm_task_step_uses_the_weights(toy):
 
 
 @pytest.mark.parametrize("name", ["digits_noisy_weighted", "digits_noisy_drop"])
-def test_example_configs_build_their_training_set(name, tiny_digits, tmp_path, monkeypatch):
+def test_example_configs_build_their_training_set(name, scores_csv, tiny_digits, monkeypatch):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
 
     import labelwise  # noqa: F401  (registers the labelwise.* types)
-    from labelwise.data import load_regime
 
-    train = load_regime(tiny_digits, "noisy-symmetric-r0.2", "train")
-    scores = np.linspace(-0.5, 0.9, len(train.ids))
-    path = tmp_path / "scores.csv"
-    write_scores(path, train.ids, train.labels, scores, (scores >= 0.2).astype(float))
+    path, train, scores = scores_csv
     monkeypatch.setenv("LABELWISE_DATA_ROOT", str(tiny_digits))
     monkeypatch.setenv("LABELWISE_CLEANNET_SCORES", str(path))
     cfg = Config.fromfile(str(ROOT / "configs" / "cleannet" / f"{name}.py"))
