@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import pickle
 import re
 from collections import OrderedDict
@@ -36,9 +37,10 @@ from typing import Any
 import torch
 
 from labelwise.errors import CheckpointError, ConfigError
-from labelwise.utils.fileio import atomic_write
+from labelwise.utils.fileio import atomic_write, file_head
 
-__all__ = ["extract_state_dict", "load_checkpoint", "safe_globals", "save_checkpoint"]
+__all__ = ["extract_state_dict", "load_checkpoint", "load_checkpoint_bytes", "safe_globals",
+           "save_checkpoint"]
 
 # The HistoryBuffer attributes a genuine mmengine 0.10.7 checkpoint fetches through
 # ``getattr`` (read off the pickle opcodes of a Runner checkpoint with ``pickletools``): the
@@ -136,19 +138,41 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
         ImportError: a ``.safetensors`` file and the ``safetensors`` package is missing.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    head = file_head(path, 16, error=CheckpointError, what="checkpoint")
 
     if path.suffix == ".safetensors":
         checkpoint = _load_safetensors(path, map_location)
     else:
-        checkpoint = _load_pickled(path, head, map_location)
+        checkpoint = _load_pickled(path, path, head, map_location)
+    return _checked_dict(checkpoint, path)
+
+
+def load_checkpoint_bytes(data: bytes, *, source: str, map_location="cpu") -> dict:
+    """Read a pickled checkpoint held in memory, as :func:`load_checkpoint` reads a file.
+
+    For checkpoints fetched from object stores (mmengine's ``s3://`` / ``petrel://`` schemes):
+    the same weights-only load with the same allow-list and the same checks.
+
+    Args:
+        data: the bytes ``torch.save`` wrote.
+        source: where they came from (a URL or path), for messages.
+        map_location: as in :func:`load_checkpoint`.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`, naming ``source``.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CheckpointError(f"checkpoint {source}: expected bytes, got a {type(data).__name__}")
+    data = bytes(data)
+    with io.BytesIO(data) as buffer:
+        checkpoint = _load_pickled(buffer, source, data[:16], map_location)
+    return _checked_dict(checkpoint, source)
+
+
+def _checked_dict(checkpoint, source):
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
-            f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict "
+            f"checkpoint {source} holds a {type(checkpoint).__name__}, expected a dict "
             "(a state dict or a dict with a 'state_dict' entry)")
     return checkpoint
 
@@ -286,12 +310,72 @@ def _describe(obj) -> str:
     return name if obj is cls else f"<{name} object>"
 
 
-def _load_pickled(path: Path, head: bytes, map_location):
+def _load_pickled(source, path, head: bytes, map_location):
+    """``torch.load(source, weights_only=True)`` with the allow-list; ``path`` names it."""
     with _allow_listed(), _protect_statistics_registry(path):
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(source, map_location=map_location, weights_only=True)
         except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... for bad files
             raise CheckpointError(_load_error_message(path, head, e)) from e
+    _check_instances(checkpoint, path)
+    return checkpoint
+
+
+# What a genuine HistoryBuffer instance holds after ``__setstate__`` (mmengine 0.10.7): its
+# histories as numpy arrays and its maximum length. Nothing else may sit in the instance
+# ``__dict__``: an instance attribute ``_statistics_methods`` would shadow the class registry
+# that :func:`_protect_statistics_registry` guards, and ``statistics()`` would call from it.
+_HISTORY_BUFFER_STATE = {"_log_history": "ndarray", "_count_history": "ndarray",
+                         "max_length": "int"}
+
+
+def _check_instances(checkpoint, path) -> None:
+    """Refuse a loaded checkpoint whose allowed instances hold more than genuine ones do.
+
+    The allow-list admits classes; this walks the containers of what was loaded (tensors are
+    leaves, so the walk is cheap) and validates each ``HistoryBuffer`` instance's state and
+    each ``argparse.Namespace``'s attributes (plain data only).
+    """
+    history_buffer = _history_buffer_class()
+    import numpy as np
+
+    stack, seen = [(checkpoint, "checkpoint")], set()
+    while stack:
+        obj, where = stack.pop()
+        if isinstance(obj, (torch.Tensor, str, bytes, int, float, complex, bool, type(None),
+                            np.ndarray, np.generic)):
+            continue
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Mapping):
+            stack.extend((v, f"{where}[{k!r}]") for k, v in obj.items())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(obj))
+        elif history_buffer is not None and type(obj) is history_buffer:
+            _check_history_buffer(obj, where, path)
+        elif type(obj) is argparse.Namespace:
+            stack.extend((v, f"{where}.{k}") for k, v in vars(obj).items())
+
+
+def _check_history_buffer(buffer, where, path) -> None:
+    import numpy as np
+
+    state = vars(buffer)
+    extra = sorted(set(state) - set(_HISTORY_BUFFER_STATE))
+    missing = sorted(set(_HISTORY_BUFFER_STATE) - set(state))
+    wrong = [k for k, kind in _HISTORY_BUFFER_STATE.items() if k in state and not (
+        isinstance(state[k], np.ndarray) if kind == "ndarray"
+        else type(state[k]) is int)]
+    if extra or missing or wrong:
+        raise CheckpointError(
+            f"refused to load checkpoint {path}: the HistoryBuffer at {where} holds "
+            + "; ".join(part for part in (
+                f"unexpected attributes {extra}" if extra else "",
+                f"no {missing}" if missing else "",
+                f"attributes of the wrong type {wrong}" if wrong else "") if part)
+            + f"; a genuine mmengine HistoryBuffer holds exactly {sorted(_HISTORY_BUFFER_STATE)}"
+            " (numpy arrays and an int)")
 
 
 def _allow_listed():
@@ -381,6 +465,8 @@ def _safetensors_torch():
 
 
 def _load_safetensors(path: Path, map_location) -> dict:
+    if map_location is None:  # torch.load's default; mmengine passes it
+        map_location = "cpu"
     if isinstance(map_location, torch.device):
         map_location = str(map_location)
     if not isinstance(map_location, str):

@@ -48,13 +48,68 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        check_device(getattr(args, "device", None))
         status = args.func(args)
-    except LabelwiseError as exc:
+    except (LabelwiseError, OSError, MemoryError) as exc:
         if args.debug:
             raise
-        print(f"labelwise {args.command}: error: {exc}", file=sys.stderr)
+        message = exc if isinstance(exc, LabelwiseError) else resource_error_message(exc)
+        print(f"labelwise {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"labelwise {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def check_device(device) -> None:
+    """Refuse a ``--device`` this machine does not have, before any work starts.
+
+    Raises:
+        ConfigError: not a torch device string, or a CUDA / MPS device that is not available.
+    """
+    if device is None or str(device) == "cpu":
+        return
+    import torch
+
+    from labelwise.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                              f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def resource_error_message(exc: BaseException) -> str:
+    """One line for an error of the machine rather than of the input: the path and what to do."""
+    import errno
+
+    if isinstance(exc, MemoryError):
+        detail = f" ({exc})" if str(exc) else ""
+        return (f"out of memory{detail}; an input may be far larger than it should be (check its size and "
+                "header) or the batch too large for this machine")
+    name = exc.filename if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        name = f"{name} -> {exc.filename2}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {name}; choose a path you can read / write, or change its permissions"
+    if isinstance(exc, NotADirectoryError):
+        return f"{name}: a file is where a folder is expected (part of this path is a file); choose another path"
+    if isinstance(exc, IsADirectoryError):
+        return f"{name} is a folder where a file is expected; give a file name"
+    if isinstance(exc, FileNotFoundError):
+        return f"{name}: no such file or folder"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device writing {name}; free some space and run the same command "
+                "again (finished work is kept)")
+    if exc.errno == errno.EROFS:
+        return f"{name} is on a read-only file system; choose another path"
+    return f"{name}: {exc.strerror or exc}"

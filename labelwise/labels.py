@@ -43,8 +43,10 @@ def check_partial_labels(labels, *, name: str = "labels", num_classes: int | Non
         raise DataError(f"{name}: expected {num_classes} classes (columns), got {arr.shape[1]}")
     if arr.dtype == bool:
         return arr.astype(np.int8)
-    if not (np.issubdtype(arr.dtype, np.number)):
+    if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"{name}: expected numbers 1 / 0 / -1 / NaN, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(f"{name}: expected real numbers 1 / 0 / -1 / NaN, got complex dtype {arr.dtype}")
     values = arr.astype(np.float64)
     unknown = np.isnan(values)
     values[unknown] = UNKNOWN
@@ -56,6 +58,38 @@ def check_partial_labels(labels, *, name: str = "labels", num_classes: int | Non
             "expected 1 (positive), 0 (negative), -1 or NaN (unknown)"
         )
     return values.astype(np.int8)
+
+
+def check_class_ids(values, *, name: str, num_classes: int) -> np.ndarray:
+    """Validate single-label targets and return them as ``int64``.
+
+    Args:
+        values: array-like ``(N,)`` of class ids; floats are accepted only when integral
+            (``3.0``), never truncated (``5.7`` is refused).
+        name: what to call the array in error messages.
+        num_classes: ids must lie in ``[0, num_classes)``.
+
+    Raises:
+        DataError: not 1-D, not real numbers, a non-integral value, or an id out of range.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise DataError(f"{name}: expected a 1-D array of class ids, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype == bool or arr.dtype.kind not in "iuf":
+        raise DataError(f"{name}: expected integer class ids, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{name}: value {arr[i].item()!r} at row {i} is not a class id (an integer)")
+    out = arr.astype(np.int64)
+    wrong = (out < 0) | (out >= num_classes)
+    if wrong.any():
+        i = int(np.argmax(wrong))
+        raise DataError(f"{name}: class id {out[i]} at row {i} is outside [0, {num_classes})")
+    return out
 
 
 def known_mask(labels: np.ndarray) -> np.ndarray:

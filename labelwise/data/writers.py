@@ -18,7 +18,7 @@ import numpy as np
 from labelwise.data.regimes import Regime, RegimeLabels
 from labelwise.data.scenes import Scene
 from labelwise.errors import DataError
-from labelwise.labels import POSITIVE, check_partial_labels
+from labelwise.labels import POSITIVE, check_class_ids, check_partial_labels
 from labelwise.utils.fileio import atomic_write
 
 LABELS_FORMAT = "labelwise-labels/1"
@@ -141,13 +141,9 @@ def read_labels(path) -> tuple[list[str], RegimeLabels]:
 
     def convert(key):
         if single:
-            arr = np.asarray(data[key], dtype=np.int64)
-            if arr.shape != (len(ids),) or (
-                arr.size and not 0 <= arr.min() <= arr.max() < len(classes)
-            ):
-                raise DataError(
-                    f"{path}: {key!r} must be {len(ids)} class ids in [0, {len(classes)})"
-                )
+            arr = check_class_ids(data[key], name=f"{path}:{key}", num_classes=len(classes))
+            if arr.shape != (len(ids),):
+                raise DataError(f"{path}: {key!r} must be {len(ids)} class ids in [0, {len(classes)})")
             return arr
         arr = np.asarray(data[key]) if ids else np.zeros((0, len(classes)), dtype=np.int8)
         return check_partial_labels(arr, name=f"{path}:{key}", num_classes=len(classes))

@@ -188,15 +188,13 @@ def run_seed(work: Path, data_root: Path, mode, seed: int, steps, *, pretrained:
 def _relabel(store: Path, done: Path, data_root, config, checkpoint) -> None:
     """``labelwise relabel``'s steps with A as the annotator (mmpretrain config)."""
     from labelwise.adapters.mmpretrain.labelpool import build_annotator
-    from labelwise.plugins.labelpool.relabel import WholeImageLoader, read_image_list, relabel
+    from labelwise.plugins.labelpool.relabel import WholeImageLoader, annotator_meta, read_image_list, relabel
 
     keys = read_image_list(data_root, f"{SINGLE}/train.txt")
     annotator, info = build_annotator(config, checkpoint)
     loader = WholeImageLoader(data_root, size=RELABEL_SIZE, mean=info["mean"], std=info["std"], bgr=info["bgr"])
-    checkpoint = Path(checkpoint)
-    meta = {"framework": "mmpretrain", "config": str(config), "checkpoint": checkpoint.name,
-            "checkpoint_bytes": checkpoint.stat().st_size, "mean": [float(v) for v in info["mean"]],
-            "std": [float(v) for v in info["std"]], "bgr": info["bgr"]}
+    meta = annotator_meta({"framework": "mmpretrain", "config": str(config)}, checkpoint,
+                          mean=info["mean"], std=info["std"], bgr=info["bgr"])
     result = relabel(annotator, keys, loader, store, input_size=RELABEL_SIZE, k=5, batch_size=64, meta=meta,
                      progress=True)
     write_json(done, {**result, "input_size": RELABEL_SIZE})

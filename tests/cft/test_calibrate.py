@@ -244,7 +244,7 @@ def test_corrupt_resume_files_are_named(tmp_path):
     from labelwise.plugins.cft.calibrate import _State
     from labelwise.plugins.cft.options import CFTOptions
 
-    data = {"x": np.zeros((2, 2), dtype=np.float32)}
+    data = {"x": np.zeros((2, 2), dtype=np.float32), "weight": np.zeros((3, 1), dtype=np.float32)}
     state = _State(tmp_path, data, CFTOptions())
     (tmp_path / "category00000-ga.json").write_text('{"row": [0.1, 0.2], "sco')
     with pytest.raises(DataError, match=r"category00000-ga\.json: unreadable CFT resume file"):
@@ -252,6 +252,10 @@ def test_corrupt_resume_files_are_named(tmp_path):
     (tmp_path / "category00001-ga.json").write_text(json.dumps({"row": [0.1]}))
     with pytest.raises(DataError, match=r"category00001-ga\.json: not a CFT category result"):
         state.load(1, "ga")
+    (tmp_path / "category00002-ga.json").write_text(json.dumps({"row": [0.1, float("nan")], "score": 0.5,
+                                                               "epochs_run": 3, "best_at": 1}))
+    with pytest.raises(DataError, match=r"category00002-ga\.json: row holds NaN or infinite values"):
+        state.load(2, "ga")
     (tmp_path / "state.json").write_text("[]")
     with pytest.raises(DataError, match=r"state\.json: expected a JSON object"):
         _State(tmp_path, data, CFTOptions())

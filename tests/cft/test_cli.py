@@ -61,7 +61,7 @@ def test_npz_resume_and_errors(npz, tmp_path, capsys):
     assert main(args) == 0
     assert np.array_equal(np.load(out / "cft_head.npz")["weight"], first)
     assert main([*args, "--seed", "3"]) == 2
-    assert "holds the state of a different CFT run" in capsys.readouterr().err
+    assert "cft_report.json holds the results of another CFT run (seed: 0, now 3)" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, weight=np.zeros((2, 3)))
     assert main(["cft", "--npz", str(bad), "--out", str(tmp_path / "o2")]) == 2

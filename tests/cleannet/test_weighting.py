@@ -139,7 +139,7 @@ def test_histogram_splits_verified_clean_noisy_and_unverified(tmp_path, monkeypa
 
     captured = {}
 
-    def keep(path, fig):
+    def keep(path, fig, *, overwrite=False):
         captured["fig"] = fig
         (tmp_path / "hist.png").write_bytes(b"")
 

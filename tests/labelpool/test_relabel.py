@@ -195,6 +195,35 @@ def test_relabel_cli_timm_and_bad_input(tiny_digits, tmp_path, capsys):
         assert message in err and "Traceback" not in err
 
 
+def test_resume_with_another_annotator_of_the_same_name_and_size_is_refused(tiny_digits, tmp_path, capsys):
+    """Shards of two models must never mix: the store records the checkpoint's content."""
+    from labelwise.checkpoint import save_checkpoint
+
+    first = tmp_path / "a" / "r18.pth"
+    second = tmp_path / "b" / "r18.pth"
+    for seed, path in ((0, first), (1, second)):
+        torch.manual_seed(seed)
+        import timm
+
+        model = timm.create_model("resnet18", pretrained=False, num_classes=10, channels=(8, 16, 32, 64))
+        save_checkpoint({"state_dict": model.state_dict()}, path)
+    assert first.stat().st_size == second.stat().st_size and first.read_bytes() != second.read_bytes()
+
+    def argv(checkpoint):
+        return ["relabel", str(tmp_path / "maps"), "--data-root", str(tiny_digits), "--ann-file",
+                "single/val.txt", "--timm-model", "resnet18", "--checkpoint", str(checkpoint),
+                "--model-kwargs", '{"channels": [8, 16, 32, 64]}', "--input-size", "64", "--no-progress"]
+
+    assert main(argv(first)) == 0
+    assert LabelMapStore(tmp_path / "maps").meta["checkpoint_fingerprint"]["bytes"] == first.stat().st_size
+    (tmp_path / "maps" / "shard-00000.bin").unlink()  # as if interrupted: resuming would rewrite it
+    capsys.readouterr()
+    assert main(argv(second)) == 2
+    err = capsys.readouterr().err
+    assert "describes another store" in err and "checkpoint_fingerprint" in err
+    assert not (tmp_path / "maps" / "shard-00000.bin").exists()
+
+
 def test_two_gloo_ranks_write_the_same_store_as_one(mm_annotator, tiny_digits, tmp_path):
     config, checkpoint, _ = mm_annotator
     one = tmp_path / "one"

@@ -71,6 +71,20 @@ def test_loss_bad_input():
         refinery_targets(torch.zeros(1, 2), temperature=0)
 
 
+@pytest.mark.parametrize("targets, weight, message", [
+    ([[20.0, 0.0, 0.0], [1.0, 0.0, 0.0]], None, "soft target row 0 sums to 20; expected 1"),
+    ([[1.5, -0.5, 0.0], [1.0, 0.0, 0.0]], None, "soft target value -0.5; expected probabilities >= 0"),
+    ([[float("nan"), 0.5, 0.5], [1.0, 0.0, 0.0]], None, "soft targets hold NaN"),
+    ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [1.0, -2.0], "sample weight -2.0; expected finite weights >= 0"),
+])
+def test_loss_refuses_targets_that_are_not_distributions(targets, weight, message):
+    from labelwise.errors import DataError
+
+    with pytest.raises(DataError, match=f"soft_target_cross_entropy: {message}"):
+        soft_target_cross_entropy(torch.zeros(2, 3), torch.tensor(targets),
+                                  weight=None if weight is None else torch.tensor(weight))
+
+
 def _bn_net():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelwise.errors import CheckpointError, DataError
+from labelwise.errors import DataError
+from labelwise.utils.fileio import read_text
 
 
 def timm_embed(model, *, device="cpu"):
@@ -48,10 +49,7 @@ class AnnotationListDataset(torch.utils.data.Dataset):
     def __init__(self, root, ann_file, *, transform):
         self.root = Path(root)
         path = Path(ann_file) if Path(ann_file).is_absolute() else self.root / ann_file
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise DataError(f"cannot read annotation file {path}: {exc.strerror or exc}") from exc
+        lines = read_text(path, what="annotation file").splitlines()
         self.ids, labels = [], []
         for n, line in enumerate(lines, 1):
             if not line.strip():

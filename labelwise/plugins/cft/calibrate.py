@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -212,7 +213,7 @@ def _check_inputs(train_features, train_labels, val_features, val_labels, weight
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().numpy()
         arr = np.asarray(value)
-        if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.number):
+        if arr.ndim != ndim or arr.dtype.kind not in "fiu":  # real numbers (complex would lose a part)
             raise DataError(f"{name}: expected a {ndim}-D numeric array, got shape {arr.shape} and dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
@@ -282,6 +283,7 @@ class _State:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint(data, options)
+        self.row_length = int(data["weight"].shape[1]) + 1  # the weight row and the bias
         meta = self.dir / "state.json"
         if meta.exists():
             found = _read_state_json(meta).get("fingerprint")
@@ -302,10 +304,18 @@ class _State:
         saved = _read_state_json(path)
         try:
             row = torch.tensor(saved["row"], dtype=torch.float32)
-            return OptimizerResult(row, float(saved["score"]), int(saved["epochs_run"]), int(saved["best_at"]))
+            result = OptimizerResult(row, float(saved["score"]), int(saved["epochs_run"]), int(saved["best_at"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: not a CFT category result (expected keys row, score, epochs_run, best_at; "
                             f"{type(exc).__name__}: {exc}); delete it to recompute that category") from exc
+        problem = (f"row has shape {tuple(row.shape)}, expected ({self.row_length},) (the weight row and the bias)"
+                   if tuple(row.shape) != (self.row_length,)
+                   else "row holds NaN or infinite values" if not bool(torch.isfinite(row).all())
+                   else f"score {result.score!r} is not a finite number" if not math.isfinite(result.score)
+                   else None)
+        if problem:
+            raise DataError(f"{path}: {problem}; delete it to recompute that category")
+        return result
 
     def save(self, c, name, result: OptimizerResult) -> None:
         write_json(self._path(c, name), {"row": result.row.tolist(), "score": result.score,

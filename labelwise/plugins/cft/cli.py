@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
-import numpy as np
 
 from labelwise.errors import ConfigError, DataError
 from labelwise.plugins.cft.options import METRICS, OPTIMIZERS, CFTOptions
+from labelwise.utils.fileio import read_npz
 
 NPZ_KEYS = ("train_features", "train_labels", "val_features", "val_labels", "weight", "bias")
 _OPTION_FLAGS = ("optimizer", "metric", "epochs", "early_stopping", "population", "crossover_rate", "mutation_prob",
@@ -70,21 +69,7 @@ def load_npz(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected a .npz with keys {', '.join(NPZ_KEYS)}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not head.startswith(b"PK"):
-        raise DataError(f"{path}: not a .npz archive (numpy.savez writes a zip file; this one starts with {head!r})")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds an object array, which is not read (it would be unpickled); expected "
-                            "numeric arrays and string class_names") from exc
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file, truncated or corrupt "
-                        f"({type(exc).__name__}: {exc})") from exc
+    data = read_npz(path, what=f"a .npz with keys {', '.join(NPZ_KEYS)}")
     missing = [k for k in NPZ_KEYS if k not in data]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)} "
@@ -95,10 +80,10 @@ def load_npz(path) -> dict:
 def check_output_folder(out: Path, options: CFTOptions, *, source) -> None:
     """Refuse an output folder holding the results of another CFT run.
 
-    A folder with resumable state (``cft_state/``) is checked by the state itself; this covers a
-    ``cft_report.json`` left without it: it must come from the same source file (``.npz`` or
-    checkpoint, compared by SHA-256) and the same result-changing options, else the run would
-    overwrite another run's results.
+    A ``cft_report.json`` there must come from the same source file (``.npz`` or checkpoint,
+    compared by SHA-256) and the same result-changing options, else the run would overwrite
+    another run's results. Resumable state (``cft_state/``) is checked by the state itself, and
+    does not vouch for the report: a state from this run beside another run's report is refused.
 
     Raises:
         DataError: the report is unreadable or records another source or other options.
@@ -106,7 +91,7 @@ def check_output_folder(out: Path, options: CFTOptions, *, source) -> None:
     from labelwise.plugins.cft.outputs import OUTPUT_FILES, file_sha256
 
     report_path = out / OUTPUT_FILES["report"]
-    if not report_path.is_file() or (out / "cft_state" / "state.json").is_file():
+    if not report_path.is_file():
         return
     advice = f"use another --out or delete {out} to start over"
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from labelwise.errors import ConfigError
 
@@ -78,12 +79,13 @@ class CFTOptions:
             raise ConfigError(f"elitism ({self.elitism}) must not exceed population ({self.population})")
         for name in ("crossover_rate", "mutation_prob"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
         for name in ("mutation_range", "lr", "gamma_neg", "gamma_pos", "clip"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value < 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         _integer("seed", self.seed, minimum=0)
         _integer("chunk_rows", self.chunk_rows, minimum=1)
         _integer("cache_bytes", self.cache_bytes, minimum=0)

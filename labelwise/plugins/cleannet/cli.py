@@ -95,7 +95,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--verification", default=None,
                    help="verification flags of these samples (report accuracy, split the histogram)")
     s.add_argument("--histogram", default=None, help="also write a PNG histogram of the scores")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing score file at --out")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing score file at --out (and a file at --histogram that is not a labelwise plot)")
     s.set_defaults(func=_run_score)
 
 
@@ -111,11 +112,10 @@ def read_verification(path, ids):
 
     import numpy as np
 
+    from labelwise.utils.fileio import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read verification file {path}: {exc.strerror or exc}") from exc
+    text = read_text(path, what="verification file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -293,13 +293,21 @@ def _run_score(args) -> int:
     from labelwise.plugins.cleannet.scoring import detection_accuracy, sample_weights, score_samples
     from labelwise.plugins.cleannet.store import load_cleannet
 
+    from labelwise.utils.fileio import check_distinct, is_labelwise_figure
+
+    model_path = Path(args.model)
+    if model_path.is_dir():
+        model_path = model_path / MODEL_FILE
+    check_distinct({"--model": model_path, "--features": args.features, "--verification": args.verification,
+                    "--out": args.out, "--histogram": args.histogram})
     exists = f"{args.out} exists: another run's scores are there (choose another --out, or --overwrite to replace it)"
     keep = Path(args.out).exists() and not args.overwrite
     if keep and not _is_score_file(args.out):
         raise DataError(exists)
-    model_path = Path(args.model)
-    if model_path.is_dir():
-        model_path = model_path / MODEL_FILE
+    if (args.histogram and Path(args.histogram).exists() and not args.overwrite
+            and not is_labelwise_figure(args.histogram)):
+        raise DataError(f"--histogram {args.histogram} exists and is not a plot labelwise wrote; choose another "
+                        "file (or --overwrite to replace it)")
     model, references, info = load_cleannet(model_path)
     fs = load_features(args.features)
     threshold = info["threshold"] if args.threshold is None else args.threshold
@@ -322,7 +330,7 @@ def _run_score(args) -> int:
     if args.histogram:
         from labelwise.plugins.cleannet.plot import plot_score_histogram
 
-        plot_score_histogram(args.histogram, scores, verification, threshold=threshold)
+        plot_score_histogram(args.histogram, scores, verification, threshold=threshold, overwrite=args.overwrite)
         print(f"histogram: {args.histogram}")
     return 0
 

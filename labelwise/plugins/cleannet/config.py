@@ -3,6 +3,7 @@ build its parser cheaply."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from labelwise.errors import ConfigError
 
@@ -62,6 +63,11 @@ class CleanNetConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                                  or not math.isfinite(value)):
+                raise ConfigError(f"CleanNet option {field.name} must be a finite number, got {value!r}")
         for name in ("steps", "lr_step", "batch_verified", "val_interval"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"CleanNet option {name} must be >= 1, got {getattr(self, name)!r}")

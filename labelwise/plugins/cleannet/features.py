@@ -64,23 +64,37 @@ def load_features(path) -> FeatureSet:
     """Read a feature file.
 
     Raises:
-        DataError: missing file, not a feature file, or inconsistent arrays.
+        DataError: missing file, not a feature file, missing arrays, complex features, labels
+            that are not integers, or inconsistent arrays.
     """
+    from labelwise.utils.fileio import read_npz
+
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read feature file {path}: {exc}") from exc
+    arrays = read_npz(path, what="feature file")
     if str(arrays.get("format", "")) != FORMAT:
         raise DataError(f"{path} is not a labelwise feature file (expected format {FORMAT!r}; "
                         "write one with `labelwise cleannet features`)")
-    features = arrays["features"]
+    missing = [k for k in ("features", "ids", "labels", "meta") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; a labelwise feature file holds "
+                        "features, ids, labels and meta")
+    features, labels = arrays["features"], arrays["labels"]
+    if features.dtype.kind not in "fiu":
+        raise DataError(f"{path}: features have dtype {features.dtype}; expected real numbers")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels have dtype {labels.dtype}; expected integer class ids")
     ids = arrays["ids"].tolist()
-    if features.ndim != 2 or features.shape[0] != len(ids) or arrays["labels"].shape != (len(ids),):
+    if (features.ndim != 2 or arrays["ids"].ndim != 1 or features.shape[0] != len(ids)
+            or labels.shape != (len(ids),)):
         raise DataError(f"{path}: inconsistent arrays: features {features.shape}, {len(ids)} ids, "
-                        f"labels {arrays['labels'].shape}")
-    return FeatureSet(ids, features, arrays["labels"], json.loads(str(arrays["meta"])))
+                        f"labels {labels.shape}")
+    if not all(isinstance(i, str) for i in ids):
+        raise DataError(f"{path}: ids must be strings (image paths), got dtype {arrays['ids'].dtype}")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: meta is not valid JSON ({exc})") from None
+    return FeatureSet(ids, features, labels, meta)
 
 
 def distributed_context() -> tuple[int, int]:

@@ -7,7 +7,7 @@ from labelwise.utils.fileio import write_figure
 
 
 def plot_score_histogram(path, scores, verification=None, *, threshold: float | None = None, bins: int = 40,
-                         title: str = "CleanNet relevance scores") -> None:
+                         title: str = "CleanNet relevance scores", overwrite: bool = False) -> None:
     """Write a PNG histogram of ``scores`` atomically.
 
     Args:
@@ -41,5 +41,5 @@ def plot_score_histogram(path, scores, verification=None, *, threshold: float | 
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
-    write_figure(path, fig)
+    write_figure(path, fig, overwrite=overwrite)
     plt.close(fig)

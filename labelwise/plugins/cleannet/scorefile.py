@@ -11,6 +11,11 @@ for mmpretrain datasets, ``img_path`` relative to ``data_root``), ``label`` the 
 was scored, ``score`` the CleanNet relevance in [-1, 1], ``weight`` the training weight
 (``1[score >= threshold]`` or ``max(0, score)``). Scores are written with 9 significant
 digits, which round-trips float32 exactly.
+
+An id that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return) is written with a leading ``'``, as spreadsheets themselves mark
+text; so is an id that starts with ``'``. :func:`read_scores` removes that one quote again, so
+ids round-trip exactly.
 """
 from __future__ import annotations
 
@@ -23,9 +28,23 @@ from pathlib import Path
 import numpy as np
 
 from labelwise.errors import DataError
-from labelwise.utils.fileio import atomic_write
+from labelwise.utils.fileio import atomic_write, read_text
 
 COLUMNS = ("id", "label", "score", "weight")
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet shows as text: a leading ``'`` before a formula
+    character (``= + - @``, tab, carriage return) or before a ``'`` already there."""
+    return "'" + text if text.startswith(_FORMULA_START + ("'",)) else text
+
+
+def unescape_cell(text: str) -> str:
+    """Undo :func:`escape_cell`: drop one leading ``'``."""
+    return text[1:] if text.startswith("'") else text
 
 
 @dataclasses.dataclass
@@ -59,7 +78,7 @@ def format_scores(ids, labels, scores, weights, *, name="") -> str:
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
     for row in zip(ids, labels, scores, weights):
-        writer.writerow((row[0], int(row[1]), f"{float(row[2]):.9g}", f"{float(row[3]):.9g}"))
+        writer.writerow((escape_cell(str(row[0])), int(row[1]), f"{float(row[2]):.9g}", f"{float(row[3]):.9g}"))
     return buffer.getvalue()
 
 
@@ -74,10 +93,7 @@ def read_scores(path) -> ScoreTable:
             weight. Messages name the file, the line and the value.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read score file {path}: {exc.strerror or exc}") from exc
+    text = read_text(path, what="score file")
     rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise DataError(f"score file {path} is empty; expected a header {','.join(COLUMNS)}")
@@ -95,7 +111,7 @@ def read_scores(path) -> ScoreTable:
         where = f"score file {path}, line {line}"
         if len(row) != len(COLUMNS):
             raise DataError(f"{where}: expected {len(COLUMNS)} fields ({','.join(COLUMNS)}), got {len(row)}")
-        sample_id = row[0].strip()
+        sample_id = unescape_cell(row[0].strip())
         if not sample_id:
             raise DataError(f"{where}: empty id")
         if sample_id in seen:

@@ -1,6 +1,8 @@
 """Scoring with a trained CleanNet: relevance per sample, the threshold, and per-sample weights."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -129,12 +131,14 @@ def sample_weights(scores, *, mode: str, threshold: float | None = None) -> np.n
     """Training weights from scores: ``'hard'`` = ``1[s >= threshold]``, ``'soft'`` = ``max(0, s)``.
 
     Raises:
-        ConfigError: unknown ``mode``, or ``'hard'`` without a threshold.
+        ConfigError: unknown ``mode``, or ``'hard'`` without a finite threshold.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if mode == "hard":
         if threshold is None:
             raise ConfigError("weight mode 'hard' needs a threshold")
+        if not math.isfinite(float(threshold)):
+            raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         return (scores >= float(threshold)).astype(np.float32)
     if mode == "soft":
         return np.maximum(scores, 0.0).astype(np.float32)

@@ -9,6 +9,7 @@ from torch import nn
 from labelwise.errors import ConfigError, DataError
 from labelwise.plugins.cleannet.scorefile import read_scores
 from labelwise.plugins.cleannet.scoring import sample_weights
+from labelwise.utils.targets import check_soft_targets, check_weights
 
 NORMALIZATIONS = ("weight_sum", "batch")
 
@@ -27,6 +28,9 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
     """
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    check_weights(weight, name="weighted_cross_entropy")
+    if target.dim() == 2:
+        check_soft_targets(target, name="weighted_cross_entropy")
     per_sample = F.cross_entropy(logits, target, reduction="none")
     weight = weight.to(per_sample.dtype)
     denom = weight.sum().clamp_min(1e-12) if normalize == "weight_sum" else float(len(weight))

@@ -114,9 +114,8 @@ def _json_object(text: str) -> dict:
 
 
 def _run_relabel(args) -> int:
-    from pathlib import Path
 
-    from labelwise.plugins.labelpool.relabel import WholeImageLoader, read_image_list, relabel
+    from labelwise.plugins.labelpool.relabel import WholeImageLoader, annotator_meta, read_image_list, relabel
 
     keys = read_image_list(args.data_root, args.ann_file)
     if args.config is not None:
@@ -144,9 +143,7 @@ def _run_relabel(args) -> int:
     mean = args.mean or info["mean"]
     std = args.std or info["std"]
     loader = WholeImageLoader(args.data_root, size=input_size, mean=mean, std=std, bgr=info["bgr"])
-    checkpoint = Path(args.checkpoint)
-    meta = {**source, "checkpoint": checkpoint.name, "checkpoint_bytes": checkpoint.stat().st_size,
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "bgr": info["bgr"]}
+    meta = annotator_meta(source, args.checkpoint, mean=mean, std=std, bgr=info["bgr"])
     rank, world_size, barrier, cleanup = _distributed(args.device)
     try:
         result = relabel(annotator, keys, loader, args.out, input_size=input_size, k=args.topk,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from labelwise.errors import ConfigError, DataError
+from labelwise.utils.fileio import read_text
 
 
 class WholeImageLoader:
@@ -69,6 +70,20 @@ class _KeyDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.load(self.keys[i])
+
+
+def annotator_meta(source: dict, checkpoint, *, mean, std, bgr: bool) -> dict:
+    """What identifies the maps' annotator in a store's ``meta``: ``source`` (framework, config
+    or model name), the checkpoint's name and content fingerprint
+    (:func:`labelwise.utils.fingerprint.file_fingerprint`: size and a SHA-256 of its ends, which
+    for a ``torch.save`` archive cover every tensor's CRC-32) and the input normalisation. A
+    resumed run must match it, so two annotators whose files share a name and a size still
+    differ."""
+    from labelwise.utils.fingerprint import file_fingerprint
+
+    checkpoint = Path(checkpoint)
+    return {**source, "checkpoint": checkpoint.name, "checkpoint_fingerprint": file_fingerprint(checkpoint),
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "bgr": bool(bgr)}
 
 
 def relabel(
@@ -192,7 +207,7 @@ def read_image_list(data_root, ann_file=None) -> list[str]:
         path = Path(ann_file) if Path(ann_file).is_absolute() else root / ann_file
         if not path.is_file():
             raise DataError(f"annotation file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, what="annotation file")
         if path.suffix == ".json":
             try:
                 keys = [item["img_path"] for item in json.loads(text)["data_list"]]
@@ -200,7 +215,15 @@ def read_image_list(data_root, ann_file=None) -> list[str]:
                 raise DataError(f"{path}: expected OpenMMLab JSON with data_list[*].img_path "
                                 f"({type(exc).__name__}: {exc})") from exc
         else:
-            keys = [line.split()[0] for line in text.splitlines() if line.strip()]
+            keys = [_annotation_path(line) for line in text.splitlines() if line.strip()]
     if not keys:
         raise DataError(f"no images found in {ann_file or root}")
     return keys
+
+
+def _annotation_path(line: str) -> str:
+    """The image path of a ``CustomDataset`` annotation line, split as mmpretrain splits it: at
+    the last space, when what follows is the class id (so a path may hold spaces)."""
+    line = line.strip()
+    parts = line.rsplit(" ", 1)
+    return parts[0] if len(parts) == 2 and parts[1].lstrip("-").isdigit() else line

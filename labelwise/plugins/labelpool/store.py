@@ -180,8 +180,29 @@ class LabelMapStore:
         Args:
             key: the image's key (path relative to the dataset root) or its record number.
         """
-        record = self._record(self.index_of(key))
-        return np.array(record["scores"]), np.array(record["ids"])
+        i = self.index_of(key)
+        record = self._record(i)
+        scores, ids = np.array(record["scores"]), np.array(record["ids"])
+        self._check_record(i, scores, ids)
+        return scores, ids
+
+    def _check_record(self, i: int, scores: np.ndarray, ids: np.ndarray) -> None:
+        """What the writer guarantees, checked again on read: a shard edited or written by
+        other code must not turn into wrong targets (a class -1 indexing class C-1, NaN in a
+        pooled target, a class counted twice at one location)."""
+        problem = None
+        if not np.isfinite(scores).all():
+            problem = "holds NaN or infinite scores"
+        elif ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_classes):
+            problem = (f"holds class id {int(ids.min()) if int(ids.min()) < 0 else int(ids.max())}; "
+                       f"expected ids in [0, {self.num_classes - 1}]")
+        elif self.k > 1:
+            ordered = np.sort(ids.reshape(self.k, -1), axis=0)
+            if (ordered[1:] == ordered[:-1]).any():
+                problem = "lists the same class id twice at one location"
+        if problem:
+            raise DataError(f"label maps {self.path}: the map of {self.keys[i]!r} (record {i}) {problem}; "
+                            "the store is corrupt: rebuild it with `labelwise relabel --overwrite`")
 
     def get_many(self, keys) -> tuple[np.ndarray, np.ndarray]:
         """Several maps stacked: ``(scores (B, k, h, w), ids (B, k, h, w))``."""
@@ -265,7 +286,11 @@ class LabelMapWriter:
         if index_path.exists():
             existing = read_index(self.path)
             if existing != json.loads(json.dumps(self.index)):
-                diff = [f for f in (*_INDEX_FIELDS, "meta") if existing.get(f) != self.index.get(f)]
+                new = json.loads(json.dumps(self.index))
+                diff = [f for f in _INDEX_FIELDS if existing.get(f) != new.get(f)]
+                old_meta, new_meta = existing.get("meta") or {}, new.get("meta") or {}
+                diff += [f"meta.{k}" for k in sorted(set(old_meta) | set(new_meta))
+                         if old_meta.get(k) != new_meta.get(k)]
                 raise DataError(
                     f"{index_path} describes another store (differs in {', '.join(diff)}); "
                     "choose another output folder or overwrite it")
@@ -349,6 +374,13 @@ def read_index(path) -> dict:
     if index["record_bytes"] != expected:
         raise DataError(f"{index_path} is corrupt: record_bytes is {index['record_bytes']}, "
                         f"but k, height, width and num_classes give {expected}")
+    keys = index["keys"]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise DataError(f"{index_path} is corrupt: keys must be a list of image paths (strings)")
+    if len(set(keys)) != len(keys):
+        seen: set = set()
+        twice = next(k for k in keys if k in seen or seen.add(k))
+        raise DataError(f"{index_path} is corrupt: the key {twice!r} is listed twice (one image, two maps)")
     _check_shard_entries(index_path, index)
     if sum(s["items"] for s in index["shards"]) != len(index["keys"]):
         raise DataError(f"{index_path} is corrupt: its shards hold "

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from labelwise.utils.targets import check_partial_targets
+
 #: Lower clamp of the per-class temperature. The reference divides by ``alpha * std`` and gets
 #: a NaN gradient when a class's logits are constant over the batch (std 0); with the clamp
 #: such a class trains at temperature ``TAU_MIN`` (logits scaled by 100) and stays finite.
@@ -68,6 +70,7 @@ def pu_loss(
     if logits.ndim != 2 or logits.shape != targets.shape:
         raise ValueError(f"pu_loss: logits and targets must both be (B, C); got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")
+    check_partial_targets(targets, name="pu_loss")
     z = logits.float()
     tau = pu_temperature(z, alpha=alpha, tau_min=tau_min)
     s = torch.sigmoid(z / tau)
@@ -167,6 +170,7 @@ def partial_bce(logits: torch.Tensor, targets: torch.Tensor, *, unknown: str = "
                          f"and {tuple(targets.shape)}")
     if unknown not in ("ignore", "negative"):
         raise ValueError(f"partial_bce: unknown={unknown!r}; valid: 'ignore', 'negative'")
+    check_partial_targets(targets, name="partial_bce")
     z = logits.float()
     positive = (targets == 1).to(z.dtype)
     per_entry = torch.nn.functional.binary_cross_entropy_with_logits(z, positive, reduction="none")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from labelwise.errors import ConfigError
+from labelwise.utils.targets import check_soft_targets, check_weights
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -64,10 +65,13 @@ def soft_target_cross_entropy(
         raise ConfigError(
             f"logits {tuple(logits.shape)} and target_probs {tuple(target_probs.shape)} must both "
             "be (N, C)")
+    if weight is not None:
+        if weight.shape != logits.shape[:1]:
+            raise ConfigError(f"weight must be (N,) = {tuple(logits.shape[:1])}, got {tuple(weight.shape)}")
+        check_weights(weight, name="soft_target_cross_entropy")
+    check_soft_targets(target_probs, name="soft_target_cross_entropy")
     loss = -(target_probs.to(logits.dtype) * F.log_softmax(logits, dim=-1)).sum(dim=-1)
     if weight is not None:
-        if weight.shape != loss.shape:
-            raise ConfigError(f"weight must be (N,) = {tuple(loss.shape)}, got {tuple(weight.shape)}")
         loss = loss * weight.to(loss.dtype)
     if reduction == "mean":
         return loss.mean()

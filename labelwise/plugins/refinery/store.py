@@ -239,6 +239,9 @@ class RefinedLabelStore:
         if not (len(self.ids) == len(self.values) == len(self.indices) == self.meta["count"]):
             raise DataError(f"{self.directory}: ids.txt, values.npy and indices.npy disagree in length")
         self._rows = {i: row for row, i in enumerate(self.ids)}
+        if len(self._rows) != len(self.ids):
+            twice = next(i for n, i in enumerate(self.ids) if self._rows[i] != n)
+            raise DataError(f"{self.directory}/ids.txt: id {twice!r} is listed twice (one image, two labels)")
         self._depth = max(i.count("/") for i in self.ids) + 1
         for i in self.ids:
             parts = i.split("/")
@@ -263,7 +266,20 @@ class RefinedLabelStore:
     def soft_label(self, path: str) -> np.ndarray:
         """The stored label of image ``path`` as a float32 distribution ``(C,)``."""
         row = self.row_of(path)
-        return expand_topk(self.values[row], self.indices[row], self.num_classes, rest=self.rest)
+        values, indices = np.asarray(self.values[row]), np.asarray(self.indices[row])
+        problem = ("holds NaN or infinite values" if not np.isfinite(values).all()
+                   else "holds a negative value" if (values < 0).any()
+                   else f"values sum to {float(values.astype(np.float64).sum()):.4g}, more than 1"
+                   if float(values.astype(np.float64).sum()) > 1 + 1e-2
+                   else f"holds class index {int(indices.min()) if int(indices.min()) < 0 else int(indices.max())}; "
+                        f"expected [0, {self.num_classes - 1}]"
+                   if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= self.num_classes)
+                   else "lists the same class twice" if len(np.unique(indices)) != len(indices)
+                   else None)
+        if problem:
+            raise DataError(f"refined-label store {self.directory}: the label of {self.ids[row]!r} (row {row}) "
+                            f"{problem}; the store is corrupt: rebuild it (labelwise refine-store --overwrite)")
+        return expand_topk(values, indices, self.num_classes, rest=self.rest)
 
 
 def _key_of(meta: dict) -> dict:
