@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from labelwise.errors import ConfigError, DataError
 from labelwise.plugins.cft.options import METRICS, OPTIMIZERS, CFTOptions
 from labelwise.utils.fileio import read_npz
