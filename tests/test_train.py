@@ -155,3 +155,16 @@ def test_pretrained_backbone_through_cfg_options(tiny_digits, tmp_path):
     state = load_checkpoint(checkpoint)["state_dict"]
     assert torch.equal(model.backbone.layer3[0].conv1.weight, state["backbone.layer3.0.conv1.weight"])
     assert not torch.equal(model.head.fc.weight, state["head.fc.weight"])
+
+
+def test_head_with_another_class_count_than_the_data_is_refused_before_training(tiny_digits, tmp_path):
+    from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
+
+    options = {"train_dataloader.dataset.classes": str(tiny_digits / "classes.txt"),
+               "train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False}
+    cfg = load_config("baseline/digits_single", work_dir=tmp_path / "w", data_root=tiny_digits, epochs=1,
+                      cfg_options={**options, "model.head.num_classes": 12})
+    with pytest.raises(ConfigError, match=r"model.head.num_classes is 12, but the training data \(CustomDataset\) "
+                                          r"has 10 classes; set num_classes=10"):
+        train_and_test(cfg)
+    assert not list((tmp_path / "w").rglob("*.pth"))  # refused before any training

@@ -347,3 +347,26 @@ def test_weighted_cross_entropy_refuses_negative_weights_and_bad_soft_targets():
         weighted_cross_entropy(logits, torch.tensor([0, 1]), torch.tensor([1.0, -1.0]))
     with pytest.raises(DataError, match="soft target row 1 sums to 20"):
         weighted_cross_entropy(logits, torch.tensor([[1.0, 0, 0], [20.0, 0, 0]]), torch.ones(2))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("references"), "CleanNet model file without references"),
+    (lambda c: c.update(threshold="0.1"), "threshold is a str, expected float"),
+    (lambda c: c.update(feature_dim=7), r"references \(\d+, \d+, \d+\) do not fit feature_dim 7|weights do not fit"),
+    (lambda c: c.update(threshold=float("nan")), "threshold or references hold NaN"),
+    (lambda c: c["config"].update(norm="zscore"), "config norm 'zscore'"),
+])
+def test_crafted_cleannet_model_files_are_one_line(cleannet_inputs, tmp_path, capsys, edit, message):
+    import re
+
+    from labelwise.checkpoint import load_checkpoint, save_checkpoint
+
+    features, model = cleannet_inputs
+    ckpt = load_checkpoint(model)
+    edit(ckpt)
+    crafted = tmp_path / "cleannet.pth"
+    save_checkpoint(ckpt, crafted)
+    assert main(score_argv(str(crafted), str(features), str(tmp_path / "s.csv"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labelwise cleannet: error: ") and "Traceback" not in err
+    assert re.search(message, err), err

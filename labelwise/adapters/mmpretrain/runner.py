@@ -108,6 +108,7 @@ def train_and_test(cfg: Config) -> dict:
 
     try:
         runner = Runner.from_cfg(cfg)
+        check_class_count(runner, name=cfg.filename)
         runner.train()
         return dict(runner.test())
     except KeyError as exc:
@@ -115,3 +116,25 @@ def train_and_test(cfg: Config) -> dict:
         if " registry" not in message:
             raise
         raise ConfigError(f"{cfg.filename}: {message.split('. Please check')[0]}") from exc
+
+
+def check_class_count(runner, *, name) -> None:
+    """Refuse a model whose head has another number of classes than the training data.
+
+    A 12-class head on 10-class data trains and reports an accuracy or mAP without a complaint
+    (the two extra outputs are never a target): caught here, before training, from the head's
+    ``num_classes`` and the training dataset's ``metainfo['classes']``. Either side missing
+    (a head without ``num_classes``, a dataset without class names) is not checked.
+
+    Raises:
+        ConfigError: naming the config, both counts and where they come from.
+    """
+    model = getattr(runner.model, "module", runner.model)
+    head_classes = getattr(getattr(model, "head", None), "num_classes", None)
+    dataset = runner.train_dataloader.dataset
+    classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+    if head_classes is None or not classes:
+        return
+    if int(head_classes) != len(classes):
+        raise ConfigError(f"{name}: model.head.num_classes is {head_classes}, but the training data "
+                          f"({type(dataset).__name__}) has {len(classes)} classes; set num_classes={len(classes)}")

@@ -48,11 +48,42 @@ def load_cleannet(path):
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a CleanNet model file (format {ckpt.get('format')!r}, "
                               f"expected {FORMAT!r}; write one with `labelwise cleannet fit`)")
+    _check_fields(path, ckpt)
     config = ckpt["config"]
     model = CleanNet(ckpt["feature_dim"], norm=config["norm"], dropout=config["dropout"])
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit a CleanNet of D={ckpt['feature_dim']}: {exc}") from exc
+    references = ckpt["references"]
+    if references.shape[-1] != ckpt["feature_dim"]:
+        raise CheckpointError(f"{path}: references {tuple(references.shape)} do not fit feature_dim "
+                              f"{ckpt['feature_dim']}; expected (C, K, {ckpt['feature_dim']})")
     info = {k: v for k, v in ckpt.items() if k not in ("state_dict", "references")}
-    return model.eval(), ckpt["references"].numpy(), info
+    return model.eval(), references.numpy(), info
+
+
+def _check_fields(path, ckpt: dict) -> None:
+    """A CleanNet model file holds what :func:`save_cleannet` writes, of the right types."""
+    import math
+
+    expected = {"state_dict": dict, "references": torch.Tensor, "threshold": float, "config": dict,
+                "feature_dim": int}
+    missing = [k for k in expected if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: CleanNet model file without {', '.join(missing)}; "
+                              "write one with `labelwise cleannet fit`")
+    wrong = [f"{k} is a {type(ckpt[k]).__name__}, expected {t.__name__}" for k, t in expected.items()
+             if not isinstance(ckpt[k], t) or isinstance(ckpt[k], bool)]
+    if wrong:
+        raise CheckpointError(f"{path}: CleanNet model file with {'; '.join(wrong)}")
+    if ckpt["feature_dim"] < 1 or ckpt["references"].dim() != 3 or not ckpt["references"].is_floating_point():
+        raise CheckpointError(f"{path}: expected feature_dim >= 1 and float references (C, K, D), got "
+                              f"feature_dim {ckpt['feature_dim']} and references {tuple(ckpt['references'].shape)} "
+                              f"{ckpt['references'].dtype}")
+    if not math.isfinite(ckpt["threshold"]) or not bool(torch.isfinite(ckpt["references"]).all()):
+        raise CheckpointError(f"{path}: threshold or references hold NaN or infinite values")
+    config = ckpt["config"]
+    if config.get("norm") not in ("log", "l2", "none") or not isinstance(config.get("dropout"), (int, float)):
+        raise CheckpointError(f"{path}: config norm {config.get('norm')!r} / dropout {config.get('dropout')!r}; "
+                              "expected norm log, l2 or none and a number")
