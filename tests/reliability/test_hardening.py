@@ -370,3 +370,14 @@ def test_crafted_cleannet_model_files_are_one_line(cleannet_inputs, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("labelwise cleannet: error: ") and "Traceback" not in err
     assert re.search(message, err), err
+
+
+def test_cft_head_without_classes_is_refused(cft_npz, tmp_path, capsys):
+    arrays = dict(np.load(cft_npz))
+    arrays["weight"], arrays["bias"] = arrays["weight"][:0], arrays["bias"][:0]
+    arrays["train_labels"], arrays["val_labels"] = arrays["train_labels"][:, :0], arrays["val_labels"][:, :0]
+    np.savez(tmp_path / "empty.npz", **arrays)
+    assert main(["cft", "--npz", str(tmp_path / "empty.npz"), "--out", str(tmp_path / "o"), *CFT_OPTIONS]) == 2
+    err = capsys.readouterr().err
+    assert "empty.npz: weight: shape (0, 16); expected a final layer of at least 1 class" in err
+    assert not (tmp_path / "o" / "cft_report.json").exists()

@@ -222,6 +222,8 @@ def _check_inputs(train_features, train_labels, val_features, val_labels, weight
 
     w = array(weight, "weight", 2)
     c, d = w.shape
+    if c == 0 or d == 0:
+        raise DataError(f"weight: shape {w.shape}; expected a final layer of at least 1 class and 1 feature")
     b = array(bias, "bias", 1)
     if b.shape != (c,):
         raise DataError(f"bias: expected shape ({c},) to match weight {w.shape}, got {b.shape}")
