@@ -381,3 +381,20 @@ def test_cft_head_without_classes_is_refused(cft_npz, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "empty.npz: weight: shape (0, 16); expected a final layer of at least 1 class" in err
     assert not (tmp_path / "o" / "cft_report.json").exists()
+
+
+def test_finished_write_removes_temporaries_of_killed_writers(tmp_path):
+    import subprocess
+    import sys
+
+    from labelwise.utils.fileio import write_json
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = tmp_path / f".a.json.{gone}.k3j2.tmp"  # left by a writer that was killed
+    live = tmp_path / f".a.json.{os.getppid()}.x9.tmp"  # a concurrent writer still running
+    other = tmp_path / f".b.json.{gone}.q1.tmp"  # another file's temporary
+    for p in (stale, live, other):
+        p.write_text("partial")
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert not stale.exists() and live.exists() and other.exists()

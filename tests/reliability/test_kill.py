@@ -53,6 +53,14 @@ def _after_first_file(rng, high):
     return lambda s: s.first_seen is not None and s.elapsed >= s.first_seen + delay
 
 
+def _after_random_count(rng, pattern, low, high):
+    """Once a seeded random number in [low, high] of files matching ``pattern`` exist: random,
+    but never past the end of the work however fast the machine is (a delay after the first
+    file is, for commands that finish within a second of it on an idle machine)."""
+    n = rng.randint(low, high)
+    return lambda s: s.count(pattern) >= n
+
+
 def _after_start(rng, low, high):
     delay = rng.uniform(low, high)
     return lambda s: s.elapsed >= delay
@@ -79,8 +87,8 @@ RELABEL = Command(
         "index-only": lambda rng: lambda s: s.has("out/labelmaps.json"),
         "3-of-20-shards": lambda rng: lambda s: s.count("out/shard-*.bin") >= 3,
         "10-of-20-shards": lambda rng: lambda s: s.count("out/shard-*.bin") >= 10,
-        "random-seed0": lambda rng: _after_first_file(rng, 1.5),
-        "random-seed1": lambda rng: _after_first_file(rng, 1.5),
+        "random-seed0": lambda rng: _after_random_count(rng, "out/shard-*.bin", 1, 19),
+        "random-seed1": lambda rng: _after_random_count(rng, "out/shard-*.bin", 1, 19),
     },
     ("tiny_digits", "annotator_ckpt"),
 )
@@ -92,8 +100,8 @@ FEATURES = Command(
         "plan-only": lambda rng: lambda s: s.has("out/f.npz.parts/plan.json"),
         "2-of-10-chunks": lambda rng: lambda s: s.count("out/f.npz.parts/chunk-*.npy") >= 2,
         "7-of-10-chunks": lambda rng: lambda s: s.count("out/f.npz.parts/chunk-*.npy") >= 7,
-        "random-seed0": lambda rng: _after_first_file(rng, 1.5),
-        "random-seed1": lambda rng: _after_first_file(rng, 1.5),
+        "random-seed0": lambda rng: _after_random_count(rng, "out/f.npz.parts/chunk-*.npy", 1, 9),
+        "random-seed1": lambda rng: _after_random_count(rng, "out/f.npz.parts/chunk-*.npy", 1, 9),
     },
     ("tiny_digits", "features_ckpt"),
 )
