@@ -4,6 +4,10 @@
         --regimes noisy-symmetric-r0.2,noisy-symmetric-r0.4,noisy-pairflip-r0.2,noisy-pairflip-r0.4 \
         --seeds 0,1,2                      # every regime, 3 seeds
     python benchmarks/cleannet_quality.py --out /tmp/cn-tiny --tiny      # smoke test, minutes
+    # the protocol of docs/methods/cleannet.md: noise a classifier suffers from, P everywhere
+    python benchmarks/cleannet_quality.py --out outputs/bench-cleannet \
+        --regimes noisy-pairflip-r0.4,noisy-scene-r0.4 --seeds 0,1,2,3,4 \
+        --features-from P.pth --init-from P.pth
 
 Per regime (default data: `labelwise data make`, seed 0; 5 % of train and val verified):
 
@@ -56,7 +60,7 @@ def main() -> int:
     parser.add_argument("--out", default="outputs/bench-cleannet")
     parser.add_argument("--regimes", default="noisy-symmetric-r0.2,noisy-symmetric-r0.4,noisy-pairflip-r0.2,"
                         "noisy-pairflip-r0.4")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=60000, help="CleanNet SGD steps (default: 60000)")
     parser.add_argument("--k", type=int, default=32)
@@ -276,18 +280,24 @@ def _training_table(results) -> str:
     groups = {}
     for r in results:
         groups.setdefault((r["regime"], r.get("start", "scratch"), r["weights"]), []).append(r["value"])
-    lines = ["Test top-1 (%), mean ± std over seeds; change paired with no weighting on the same seed", "",
-             "| regime | classifier starts from | weights | top-1 | per seed | change vs none |",
-             "|---|---|---|---|---|---|"]
+    from labelwise.stats import compare
+
+    lines = ["Test top-1 (%), mean ± std over seeds; change paired with no weighting on the same seed, its 95 % "
+             "confidence interval and verdict (labelwise.stats)", "",
+             "| regime | classifier starts from | weights | top-1 | per seed | change vs none | 95 % CI | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def mean_std(v, sign=""):
         return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
 
     for (regime, start, weights), values in groups.items():
         v, none = np.array(values), np.array(groups[(regime, start, "none")])
-        change = mean_std(v - none, "+") if weights != "none" and len(v) == len(none) else "-"
+        change, ci, verdict = "-", "-", "-"
+        if weights != "none" and len(v) == len(none):
+            c = compare(v, none)
+            change, ci, verdict = mean_std(v - none, "+"), c.interval(), c.verdict
         lines.append(f"| {regime} | {start} | {weights} | {mean_std(v)} | {' / '.join(f'{x:.1f}' for x in v)} | "
-                     f"{change} |")
+                     f"{change} | {ci} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Label Refinery quality on the `single` digit scenes: test top-1, mean ± std over seeds.
 
-    python benchmarks/refinery_quality.py --out outputs/bench-refinery --seeds 0,1,2
+    python benchmarks/refinery_quality.py --out outputs/bench-refinery --seeds 0,1,2,3,4
 
 Variants (every one trained from scratch with ``configs/refinery/digits_single.py``'s recipe,
 mmengine Runner, evaluated once on the clean test split):
@@ -84,7 +84,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench-refinery")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--small-width", type=int, default=16, help="base_channels of the small student")
@@ -115,7 +115,7 @@ def main() -> int:
         data_root = args.data_root or make_dataset(out / "data", seed=0, progress=True)
     common = {"data_root": str(data_root), "epochs": epochs, "cfg_options": cfg_options}
     runs = out / "runs"
-    generations = 3 if "gen3" in variants else 1 + any(v in variants for v in ("gen2", "gen2-offline", "small-refined"))
+    generations = 3 if "gen3" in variants else 2 if "gen2" in variants else 1  # the others need gen1 only
     values = {v: [] for v in variants}
     for seed in (int(s) for s in args.seeds.split(",")):
         records = chain(runs, seed, generations, common)
@@ -150,10 +150,13 @@ def main() -> int:
              ("small-refined", "small-gt")]
     pairs = [(a, b) for a, b in pairs if a in values and b in values]
     if pairs:  # paired by seed: the same data order and initial weights within a seed
-        lines += ["", "| paired change (same seed) | mean ± std | per seed |", "|---|---|---|"]
+        from labelwise.stats import compare
+
+        lines += ["", "| paired change (same seed) | mean ± std | 95 % CI | verdict | per seed |", "|---|---|---|---|---|"]
         for a, b in pairs:
-            d = np.array(values[a], dtype=float) - np.array(values[b], dtype=float)
-            lines.append(f"| {a} - {b} | {mean_std(d, '+')} | {' / '.join(f'{x:+.1f}' for x in d)} |")
+            c = compare(values[a], values[b])
+            lines.append(f"| {a} - {b} | {mean_std(np.array(c.diff), '+')} | {c.interval()} | {c.verdict} | "
+                         f"{' / '.join(f'{x:+.1f}' for x in c.diff)} |")
     from labelwise.utils.fileio import atomic_write
 
     with atomic_write(out / "table.md", "w") as f:  # the Runner logs to stdout too

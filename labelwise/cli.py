@@ -24,7 +24,7 @@ without a traceback; add --debug to see it.
 def build_parser(pm=None) -> argparse.ArgumentParser:
     """Return the ``labelwise`` parser with every plugin's subcommands added."""
     from labelwise import __version__
-    from labelwise.plugin_manager import call_each, get_plugin_manager
+    from labelwise.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager() if pm is None else pm
     parser = argparse.ArgumentParser(
@@ -33,10 +33,26 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"labelwise {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for _ in call_each(pm, "labelwise_add_commands", subparsers=subparsers):
-        pass
+    with pm.collecting(probe=lambda: len(subparsers._choices_actions)) as log:
+        pm.hook.labelwise_add_commands(subparsers=subparsers)
+    _list_in_registration_order(subparsers, log, pm)
     parser.set_defaults(func=None, _parser=parser)
     return parser
+
+
+def _list_in_registration_order(subparsers, log, pm) -> None:
+    """List the commands in ``--help`` by plugin registration order (built-ins first).
+
+    pluggy calls the most recently registered plugin first; the help lists each plugin's
+    commands in the order it added them, plugins in the order they were registered.
+    """
+    actions, owners, start = subparsers._choices_actions, [], 0
+    for (name, _), end in zip(log, log.probed):
+        owners += [name] * (end - start)
+        start = end
+    owners += [None] * (len(actions) - len(owners))  # added by a wrapper: listed last
+    ranked = sorted(range(len(actions)), key=lambda i: pm.order(owners[i]) if owners[i] else len(actions) + 10**6)
+    actions[:] = [actions[i] for i in ranked]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """Build the labelwise plugin manager: built-in plugins plus installed third-party ones."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -67,13 +69,105 @@ class PluginFailure:
 
 
 class LabelwisePluginManager(pluggy.PluginManager):
-    """A :class:`pluggy.PluginManager` that remembers which third-party plugins failed."""
+    """A :class:`pluggy.PluginManager` that isolates broken third-party plugins.
+
+    Hooks are called by pluggy itself (``pm.hook.<name>(...)`` or :func:`call_each`), so its
+    contract holds: ``tryfirst`` / ``trylast``, wrappers (``wrapper=True`` and the old
+    ``hookwrapper=True``), tracing (``pm.enable_tracing()``, ``pm.add_hookcall_monitoring``)
+    and blocking a plugin by name (``get_plugin_manager(blocked=...)`` or ``pm.set_blocked``).
+    Every implementation is guarded at registration: one of a third-party plugin that raises is
+    skipped (its result is ``None``, a wrapper steps aside) with a :class:`PluginLoadWarning`
+    and an entry in :attr:`failures`; a built-in that raises is a labelwise bug and raises.
+    """
 
     def __init__(self):
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self.distributions: dict[str, str] = {}
+        self._order: dict[str, int] = {}
+        self._logs: list[list] = []  # results of the calls in progress (see collecting())
+
+    def register(self, plugin, name: str | None = None):
+        name = super().register(plugin, name)
+        if name is None:  # blocked
+            return None
+        self._order.setdefault(name, len(self._order))
+        for caller in self.get_hookcallers(plugin) or ():
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function = self._guarded(impl)
+        return name
+
+    def order(self, name: str) -> int:
+        """Registration index of plugin ``name`` (built-ins first, in :data:`BUILTIN_PLUGINS` order)."""
+        return self._order.get(name, len(self._order))
+
+    @contextlib.contextmanager
+    def collecting(self, probe=None):
+        """Record ``(plugin_name, result)`` of every non-wrapper implementation called in the block.
+
+        Args:
+            probe: optional callable, called after each implementation; its values are in the
+                log's ``probed`` list (e.g. how many subcommands exist after each plugin ran).
+        """
+        log = _CallLog(probe)
+        self._logs.append(log)
+        try:
+            yield log
+        finally:
+            self._logs.remove(log)
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        if self.is_builtin(name):
+            raise exc
+        self.record_failure(name, self.distributions.get(name, "?"), exc)
+
+    def _guarded(self, impl):
+        fn, name = impl.function, impl.plugin_name
+        if impl.wrapper or impl.hookwrapper:
+            return self._guarded_wrapper(fn, name)
+
+        @functools.wraps(fn)
+        def call(*args):
+            try:
+                result = fn(*args)
+            except Exception as exc:  # a broken plugin must not break labelwise or the built-ins
+                self._failed(name, exc)
+                return None
+            if self._logs:
+                self._logs[-1].record(name, result)
+            return result
+
+        return call
+
+    def _guarded_wrapper(self, fn, name):
+        @functools.wraps(fn)
+        def wrap(*args):
+            try:
+                gen = fn(*args)
+                next(gen)
+            except Exception as exc:  # failed before its yield: step aside, the call goes on
+                self._failed(name, exc)
+                return (yield)
+            try:
+                inner = yield
+            except BaseException as exc:  # an inner implementation raised: the wrapper sees it
+                try:
+                    gen.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                raise RuntimeError(f"hook wrapper of plugin {name!r} yielded twice")
+            try:
+                gen.send(inner)
+            except StopIteration as stop:
+                return stop.value
+            except Exception as exc:  # failed after its yield: the inner result stands
+                self._failed(name, exc)
+                return inner if not isinstance(inner, pluggy.Result) else None
+            raise RuntimeError(f"hook wrapper of plugin {name!r} yielded twice")
+
+        return wrap
 
     def record_failure(self, name: str, distribution: str, error: BaseException) -> None:
         failure = PluginFailure(name, distribution, f"{type(error).__name__}: {error}")
@@ -89,13 +183,27 @@ class LabelwisePluginManager(pluggy.PluginManager):
         return name in BUILTIN_PLUGINS
 
 
-def get_plugin_manager(*, autoload: bool | None = None) -> LabelwisePluginManager:
+class _CallLog(list):
+    """``(plugin_name, result)`` per implementation called, and the probe's value after each."""
+
+    def __init__(self, probe=None):
+        super().__init__()
+        self.probe, self.probed = probe, []
+
+    def record(self, name: str, result) -> None:
+        self.append((name, result))
+        if self.probe is not None:
+            self.probed.append(self.probe())
+
+
+def get_plugin_manager(*, autoload: bool | None = None, blocked=()) -> LabelwisePluginManager:
     """Return a fresh plugin manager with the built-in and third-party plugins registered.
 
     Args:
         autoload: load third-party plugins from the ``labelwise.plugins`` entry-point group.
             ``None`` (default) means yes unless the environment variable
             ``LABELWISE_DISABLE_PLUGIN_AUTOLOAD`` is set (to anything but ``""`` or ``"0"``).
+        blocked: names of third-party plugins (entry-point names) not to load.
 
     Returns:
         A new :class:`LabelwisePluginManager`; nothing global is modified. A third-party plugin
@@ -103,6 +211,10 @@ def get_plugin_manager(*, autoload: bool | None = None) -> LabelwisePluginManage
         naming it and its distribution, and listed in ``manager.failures``.
     """
     pm = LabelwisePluginManager()
+    for name in blocked:
+        if name in BUILTIN_PLUGINS:
+            raise PluginError(f"built-in plugin {name!r} cannot be blocked")
+        pm.set_blocked(name)
     for modname in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(modname), name=modname)
         pm.distributions[modname] = "labelwise (built-in)"
@@ -127,25 +239,21 @@ def _load_entry_points(pm: LabelwisePluginManager) -> None:
         pm.distributions[ep.name] = dist
 
 
-def call_each(pm: LabelwisePluginManager, hook_name: str, **kwargs):
-    """Call one hook plugin by plugin, yielding ``(plugin_name, result)``.
+def call_each(pm: LabelwisePluginManager, hook_name: str, **kwargs) -> list:
+    """Call one hook through pluggy; return ``(plugin_name, result)`` per implementation that ran.
 
-    A failing third-party implementation is skipped with a :class:`PluginLoadWarning` (and
+    The list is in pluggy's call order (``tryfirst`` first, then the most recently registered
+    first, ``trylast`` last; wrappers around all of them) and holds ``None`` results too. A
+    failing third-party implementation is skipped with a :class:`PluginLoadWarning` (and
     recorded in ``pm.failures``); a failing built-in raises, since that is a labelwise bug.
     """
-    caller = getattr(pm.hook, hook_name)
-    for impl in caller.get_hookimpls():  # registration order: built-ins first
-        args = {name: kwargs[name] for name in impl.argnames}
-        try:
-            yield impl.plugin_name, impl.function(**args)
-        except Exception as exc:
-            if pm.is_builtin(impl.plugin_name):
-                raise
-            pm.record_failure(impl.plugin_name, pm.distributions.get(impl.plugin_name, "?"), exc)
+    with pm.collecting() as results:
+        getattr(pm.hook, hook_name)(**kwargs)
+    return results
 
 
 def list_methods(pm: LabelwisePluginManager | None = None) -> list[MethodInfo]:
-    """Return every method declared by the registered plugins, in registration order.
+    """Return every method declared by the registered plugins, in registration order (built-ins first).
 
     Args:
         pm: a plugin manager; a fresh one from :func:`get_plugin_manager` if ``None``.
@@ -156,7 +264,8 @@ def list_methods(pm: LabelwisePluginManager | None = None) -> list[MethodInfo]:
     pm = get_plugin_manager() if pm is None else pm
     methods: list[MethodInfo] = []
     seen: dict[str, str] = {}
-    for plugin_name, declared in call_each(pm, "labelwise_methods"):
+    declared_by = sorted(call_each(pm, "labelwise_methods"), key=lambda item: pm.order(item[0]))
+    for plugin_name, declared in declared_by:
         try:
             infos = [_to_method_info(item, plugin_name) for item in declared or ()]
         except (PluginError, TypeError) as exc:

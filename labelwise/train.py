@@ -144,7 +144,10 @@ def _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi
     from labelwise.metrics import mean_average_precision, top1_accuracy
 
     generator = torch.Generator().manual_seed(seed)  # data order and augmentation
-    train = DigitScenesDataset(data_root, regime, "train", transform=digits_transform(train=True),
+    from labelwise.adapters.torch_data import MULTI_LABEL_SCALE, SINGLE_LABEL_SCALE
+
+    scale = MULTI_LABEL_SCALE if multi_label else SINGLE_LABEL_SCALE
+    train = DigitScenesDataset(data_root, regime, "train", transform=digits_transform(train=True, scale=scale),
                                unknown_as="negative")
     test = DigitScenesDataset(data_root, "multilabel" if multi_label else "single", "test",
                               transform=digits_transform(train=False))

@@ -90,3 +90,15 @@ def test_summary_caveat_names_a_baseline_at_the_constant_score_floor(tiny_digits
     trained = _measured_caveats(tmp_path, run(floor + 30.0))
     assert not any("constant-score floor" in line for line in trained)
     assert any("checkpoint A, 61.50 % top-1" in line for line in trained)
+
+
+def test_table_gives_the_paired_interval_and_verdict_for_several_seeds():
+    from labelwise.demo.report import format_table
+
+    row = {"method": "X", "regime": "single", "metric": "top-1", "baseline": [50, 52, 51], "value": [55, 56, 57],
+           "delta": [5, 4, 6]}
+    # differences 5, 4, 6: mean 5, std 1, t(0.975, 2) = 4.3027, half-width 4.3027 / sqrt(3) = 2.484
+    assert format_table([row]).splitlines()[-1] == ("| X | single | top-1 (%) | 51.00 ± 1.00 | 56.00 ± 1.00 | "
+                                                    "+5.00 ± 1.00 | [+2.52, +7.48] | helps |")
+    flat = {**row, "value": [52, 51, 52], "delta": [2, -1, 1]}
+    assert format_table([flat]).splitlines()[-1].endswith("| within noise |")

@@ -148,3 +148,87 @@ def test_commands_and_methods_come_in_registration_order(dummy_plugin_path):
     assert positions == sorted(positions)
     data = _plugins_json({"PYTHONPATH": str(dummy_plugin_path)})
     assert data["methods"][-1]["plugin"] == "dummy"
+
+
+def _declaring(name, **opts):
+    class Plugin:
+        @labelwise.hookimpl(**opts)
+        def labelwise_methods(self):
+            order.append(name)
+            return [{"name": name, "summary": "s", "kind": "tool"}]
+
+    return Plugin()
+
+
+order: list = []
+
+
+def test_hooks_are_called_by_pluggy_with_tryfirst_and_trylast():
+    order.clear()
+    pm = get_plugin_manager(autoload=False)
+    for name, opts in (("first", {"tryfirst": True}), ("plain", {}), ("last", {"trylast": True})):
+        pm.register(_declaring(name, **opts), name=name)
+    methods = list_methods(pm)
+    # pluggy's call order: tryfirst, then the most recently registered, trylast after them
+    assert order == ["first", "plain", "last"]
+    # the list stays in registration order: built-ins first, then these three as registered
+    assert [m.name for m in methods][-3:] == ["first", "plain", "last"]
+    assert {m.name: m.plugin for m in methods}["first"] == "first"
+
+
+def test_a_wrapper_wraps_the_call_and_tracing_sees_it():
+    class Wrapper:
+        @labelwise.hookimpl(wrapper=True)
+        def labelwise_methods(self):
+            result = yield
+            return [*result, [{"name": "added-by-wrapper", "summary": "s", "kind": "tool"}]]
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Wrapper(), name="wrapper")
+    seen = []
+    undo = pm.add_hookcall_monitoring(lambda hook, impls, kw: seen.append(hook), lambda *a: None)
+    results = pm.hook.labelwise_methods()
+    undo()
+    assert seen == ["labelwise_methods"]
+    assert results[-1][0]["name"] == "added-by-wrapper"
+    assert not pm.failures  # not mistaken for a broken plugin
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_broken_wrapper_steps_aside(where):
+    class Broken:
+        @labelwise.hookimpl(wrapper=True)
+        def labelwise_methods(self):
+            if where == "before":
+                raise RuntimeError("broken before its yield")
+            yield
+            raise RuntimeError("broken after its yield")
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Broken(), name="brokenwrapper")
+    with pytest.warns(PluginLoadWarning, match=f"'brokenwrapper'.*broken {where} its yield"):
+        methods = list_methods(pm)
+    assert {m.plugin for m in methods} <= set(BUILTIN_PLUGINS) and methods
+    assert [f.name for f in pm.failures] == ["brokenwrapper"]
+
+
+def test_a_failing_builtin_raises():
+    pm = get_plugin_manager(autoload=False)
+
+    class Exploding:
+        @labelwise.hookimpl
+        def labelwise_methods(self):
+            raise RuntimeError("labelwise bug")
+
+    pm.register(Exploding(), name=BUILTIN_PLUGINS[0] + ".extra")
+    pm.is_builtin = lambda name: True  # as if it were one of the built-ins
+    with pytest.raises(RuntimeError, match="labelwise bug"):
+        list_methods(pm)
+
+
+def test_blocked_plugins_are_not_loaded():
+    pm = get_plugin_manager(autoload=False, blocked=("thirdparty",))
+    assert pm.register(_declaring("x"), name="thirdparty") is None
+    assert not pm.has_plugin("thirdparty")
+    with pytest.raises(PluginError, match="cannot be blocked"):
+        get_plugin_manager(autoload=False, blocked=(BUILTIN_PLUGINS[0],))

@@ -10,7 +10,7 @@ Example (digit scenes, a store made by ``labelwise relabel``)::
     base = DigitScenesDataset(root, "single", "train", transform=lambda img: img)  # PIL images
     train = LabelPoolingDataset(
         base, "labelmaps/single-train", num_classes=10,
-        crop=RandomResizedCropWithBox(64, scale=(0.5, 1.0)),
+        crop=RandomResizedCropWithBox(64, scale=(0.08, 1.0)),
         transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]))
     task = ClassificationTask(model, SoftTargetCrossEntropy())   # targets (B, C) soft
 """

@@ -99,7 +99,7 @@ def make_dataset(
         seed: dataset seed; the same arguments give byte-identical files.
         p: keep-probabilities of the ``partial`` regimes (one directory each).
         r: noise rates of the ``noisy`` regimes (one directory per rate and noise kind).
-        noise: noise kinds, each ``'symmetric'`` or ``'pairflip'``.
+        noise: noise kinds, each ``'symmetric'``, ``'pairflip'`` or ``'scene'``.
         verified_fraction: share of train and of val verified in the noisy regimes.
         regimes: regime kinds to write, from ``('multilabel', 'partial', 'single', 'noisy')``.
         progress: show a tqdm progress bar and say when the dataset is already complete.

@@ -8,7 +8,8 @@ Every regime is a pure function of the clean truth of a split and a seed:
 * ``single`` -- the class of each scene's main digit, ``(N,)`` (other digits are present).
 * ``noisy`` (``kind``, ``r``) -- single labels corrupted with probability ``r`` on train and val:
   ``symmetric`` replaces a label by a uniformly random *other* class, ``pairflip`` maps
-  ``c -> (c + 1) % 10``. A random ``verified_fraction`` of train and of val is verified:
+  ``c -> (c + 1) % 10``, and ``scene`` (content-tied noise, the multi-object confusion of web
+  data) replaces it by *another digit class present in the same scene*. A random ``verified_fraction`` of train and of val is verified:
   flag 1 = the noisy label is correct, 0 = it is wrong, -1 = not verified. Test is clean.
 
 Regimes of one kind share their random draws (the seed depends on the kind, not on ``p`` or
@@ -29,7 +30,7 @@ from labelwise.errors import ConfigError
 from labelwise.labels import NEGATIVE, POSITIVE, UNKNOWN, check_probability
 
 REGIME_KINDS = ("multilabel", "partial", "single", "noisy")
-NOISE_KINDS = ("symmetric", "pairflip")
+NOISE_KINDS = ("symmetric", "pairflip", "scene")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -48,7 +49,7 @@ class Regime:
         kind: one of :data:`REGIME_KINDS`.
         p: probability that a label entry is kept (``partial`` only).
         rate: probability that a label is corrupted (``noisy`` only).
-        noise: ``'symmetric'`` or ``'pairflip'`` (``noisy`` only).
+        noise: one of :data:`NOISE_KINDS` (``noisy`` only).
     """
 
     kind: str
@@ -100,7 +101,7 @@ class Regime:
             return cls("noisy", noise=m.group(1), rate=float(m.group(2)))
         raise ConfigError(
             f"{name!r} is not a regime directory name; expected one of multilabel, single, "
-            "partial-p<P>, noisy-<symmetric|pairflip>-r<R>"
+            "partial-p<P>, noisy-<symmetric|pairflip|scene>-r<R>"
         )
 
 
@@ -191,28 +192,66 @@ def mask_labels(labels: np.ndarray, *, p: float, seed) -> np.ndarray:
 
 
 def corrupt_labels(
-    labels: np.ndarray, *, rate: float, kind: str, seed, num_classes: int = 10
+    labels: np.ndarray, *, rate: float, kind: str, seed, num_classes: int = 10, present=None
 ) -> np.ndarray:
     """Flip each class label with probability ``rate``.
 
     Args:
         labels: ``(N,)`` clean class ids in ``[0, num_classes)``.
-        rate: probability that a label is corrupted.
-        kind: ``'symmetric'`` (a uniformly random other class) or ``'pairflip'``
-            (``c -> (c + 1) % num_classes``).
+        rate: probability that a label is corrupted (for ``'scene'``: the expected share of
+            all labels that end up wrong).
+        kind: ``'symmetric'`` (a uniformly random other class), ``'pairflip'``
+            (``c -> (c + 1) % num_classes``) or ``'scene'`` (a uniformly random other class
+            *present in the same image*, from ``present``). Under ``'scene'`` only images that
+            hold another class can be corrupted; each of them is corrupted with probability
+            ``rate / e``, where ``e`` is their share, so that a share ``rate`` of all labels is
+            wrong in expectation.
         seed: seed (int or sequence of ints) of the draws.
         num_classes: ``C``.
+        present: ``(N, C)`` presence matrix of 1 / 0 (see :func:`presence_matrix`); needed by
+            ``'scene'`` only.
 
     Returns:
-        ``(N,)`` int64 noisy labels; a corrupted label always differs from the clean one.
+        ``(N,)`` int64 noisy labels; a corrupted label always differs from the clean one (and,
+        under ``'scene'``, is a class present in the image).
+
+    Raises:
+        ConfigError: ``'scene'`` without ``present``, a ``present`` of another shape, or a
+            ``rate`` larger than the share of images that hold another class.
     """
     rate = check_probability(rate, name="r")
     kind = check_noise_kind(kind)
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
+    if kind == "scene":
+        return _scene_noise(labels, rate=rate, rng=rng, present=present, num_classes=num_classes)
     flip = rng.random(labels.shape) < rate
     offset = rng.integers(1, num_classes, size=labels.shape) if kind == "symmetric" else 1
     return np.where(flip, (labels + offset) % num_classes, labels)
+
+
+def _scene_noise(labels, *, rate, rng, present, num_classes) -> np.ndarray:
+    if present is None:
+        raise ConfigError("noise kind 'scene' needs the presence matrix of each image (present=...)")
+    present = np.asarray(present)
+    if present.shape != (len(labels), num_classes):
+        raise ConfigError(f"present has shape {present.shape}; expected {(len(labels), num_classes)} "
+                          "(one row of 1 / 0 per label)")
+    others = present.astype(bool).copy()
+    others[np.arange(len(labels)), labels] = False  # the main digit's own class is not a wrong label
+    count = others.sum(axis=1)
+    eligible = count > 0
+    share = float(eligible.mean()) if len(labels) else 0.0
+    u, pick = rng.random(len(labels)), rng.random(len(labels))  # drawn for every image: nested over r
+    if rate > share:
+        raise ConfigError(f"scene noise at r={rate:g} is impossible: only {share:.1%} of the images hold a digit "
+                          "of another class")
+    flip = eligible & (u < (rate / share if share else 0.0))
+    # the k-th other class present, k uniform in [0, count)
+    k = np.minimum((pick * count).astype(np.int64), np.maximum(count - 1, 0))
+    cumulative = np.cumsum(others, axis=1)
+    chosen = np.argmax(cumulative > k[:, None], axis=1)
+    return np.where(flip, chosen, labels).astype(np.int64)
 
 
 def sample_verified(noisy: np.ndarray, truth: np.ndarray, *, fraction: float, seed) -> np.ndarray:
@@ -278,13 +317,17 @@ def make_regime_labels(
     num_classes = multi.shape[1]
     if test:
         return RegimeLabels(main.copy(), main, np.full(len(main), UNKNOWN, dtype=np.int8))
-    noisy = corrupt_labels(
-        main,
-        rate=regime.rate,
-        kind=regime.noise,
-        seed=_seed(seed, f"noisy-{regime.noise}", split),
-        num_classes=num_classes,
-    )
+    try:
+        noisy = corrupt_labels(
+            main,
+            rate=regime.rate,
+            kind=regime.noise,
+            seed=_seed(seed, f"noisy-{regime.noise}", split),
+            num_classes=num_classes,
+            present=multi,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"regime {regime.name}, split {split} ({len(main)} images): {exc}") from None
     flags = sample_verified(
         noisy, main, fraction=verified_fraction, seed=_seed(seed, "verified", split)
     )

@@ -50,11 +50,24 @@ def _delta(values) -> str:
 
 
 def format_table(rows: list) -> str:
-    """Markdown table: method, regime, metric, baseline, method, delta (mean ± std over seeds)."""
-    lines = ["| method | regime | metric | baseline | method | delta |", "|---|---|---|---:|---:|---:|"]
+    """Markdown table: method, regime, metric, baseline, method, delta (mean ± std over seeds).
+
+    With more than one seed, two more columns: the 95 % confidence interval of the paired delta
+    and its verdict (:mod:`labelwise.stats`: "helps" only where the interval excludes zero).
+    """
+    from labelwise.stats import compare
+
+    several = len(rows[0]["delta"]) > 1 if rows else False
+    head = "| method | regime | metric | baseline | method | delta |"
+    lines = [head + (" 95 % CI | verdict |" if several else ""),
+             "|---|---|---|---:|---:|---:|" + ("---|---|" if several else "")]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['regime']} | {r['metric']} (%) | {_cell(r['baseline'])} | "
-                     f"{_cell(r['value'])} | {_delta(r['delta'])} |")
+        line = (f"| {r['method']} | {r['regime']} | {r['metric']} (%) | {_cell(r['baseline'])} | "
+                f"{_cell(r['value'])} | {_delta(r['delta'])} |")
+        if several:
+            c = compare(r["value"], r["baseline"])
+            line += f" {c.interval()} | {c.verdict} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -138,6 +151,9 @@ def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed
         + ("Every run below starts from P: from scratch, a few epochs on this little data stay at chance level."
            if mode.pretrain_all else "The partial-label runs start from P; the others train from scratch, as in "
            "docs/benchmarks.md."), "",
+        f"Machine: {machine()}. The same command on the same machine kind and thread count gives the same "
+        "table (the runs are seeded and deterministic on the CPU); another CPU model or thread count changes "
+        "float rounding, which a training run can amplify into a different result.", "",
         "## Results", "", table, "",
         "- LabelPooling and Label Refinery: baseline = the `single` run (checkpoint A), which is also ReLabel's "
         f"annotator ({maps['map_size'][0]}x{maps['map_size'][1]} maps of the whole image at {maps['input_size']} px, "
@@ -166,6 +182,23 @@ def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed
     ]
     with atomic_write(out / "summary.md", "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def machine() -> str:
+    """CPU model, cores, torch version and intra-op threads: what decides float rounding here."""
+    import os
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op "
+            "thread(s)")
 
 
 def _measured_caveats(out: Path, per_seed: list) -> list:

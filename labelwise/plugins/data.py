@@ -1,6 +1,7 @@
 """Built-in plugin: the ``labelwise data`` commands (the digit-scenes benchmark data)."""
 from __future__ import annotations
 
+from labelwise.data.regimes import NOISE_KINDS
 from labelwise.hookspecs import hookimpl
 
 
@@ -23,8 +24,8 @@ def labelwise_add_commands(subparsers):
                       help="comma-separated known-label proportions of the partial regimes (default: 0.1,0.3,0.5)")
     make.add_argument("--r", type=_floats, default=(0.2, 0.4),
                       help="comma-separated noise rates of the noisy regimes (default: 0.2,0.4)")
-    make.add_argument("--noise", type=_strings, default=("symmetric", "pairflip"),
-                      help="comma-separated noise kinds (default: symmetric,pairflip)")
+    make.add_argument("--noise", type=_strings, default=NOISE_KINDS,
+                      help="comma-separated noise kinds (default: symmetric,pairflip,scene)")
     make.add_argument("--verified-fraction", type=float, default=0.05,
                       help="fraction of train samples with a verified label (default: 0.05)")
     make.add_argument("--regimes", type=_strings, default=("multilabel", "partial", "single", "noisy"),

@@ -71,6 +71,56 @@ def test_pairflip_maps_c_to_c_plus_one_exactly(truth):
     assert np.array_equal(noisy[flipped], (main[flipped] + 1) % 10)
 
 
+def test_scene_noise_by_hand():
+    # image 0 holds 2 and 7 (main 2): a wrong label can only be 7; image 1 holds only its
+    # own class: never corrupted; image 2 holds 1, 4, 9 (main 4): 1 or 9
+    present = np.zeros((3, 10), dtype=np.int8)
+    present[0, [2, 7]] = present[1, 5] = present[2, [1, 4, 9]] = 1
+    main = np.array([2, 5, 4])
+    # r = 2/3 with two eligible images of three (e = 2/3): every eligible image is corrupted
+    noisy = corrupt_labels(main, rate=2 / 3, kind="scene", seed=0, present=present)
+    assert noisy[0] == 7 and noisy[1] == 5 and noisy[2] in (1, 9)
+    seen = {int(corrupt_labels(main, rate=2 / 3, kind="scene", seed=s, present=present)[2]) for s in range(40)}
+    assert seen == {1, 9}  # both other classes reachable, never the main one or an absent one
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+def test_scene_noise_names_a_present_class_at_rate_r_and_keeps_the_truth(truth, rate):
+    multi, main = truth
+    noisy = corrupt_labels(main, rate=rate, kind="scene", seed=2, present=multi)
+    flipped = noisy != main
+    assert abs(flipped.mean() - rate) < 0.035  # the overall share of wrong labels is r
+    assert (multi[np.flatnonzero(flipped), noisy[flipped]] == 1).all()  # always a digit in the scene
+    regime = Regime("noisy", noise="scene", rate=rate)
+    out = make_regime_labels(regime, multilabel_truth=multi, main_truth=main, split="train", seed=0)
+    assert np.array_equal(out.truth, main)
+    wrong = out.labels != main
+    assert (multi[np.flatnonzero(wrong), out.labels[wrong]] == 1).all()
+    checked = out.verified != -1
+    assert np.array_equal(out.verified[checked] == 1, out.labels[checked] == main[checked])
+
+
+def test_scene_noise_is_nested_over_r(truth):
+    multi, main = truth
+    low = corrupt_labels(main, rate=0.2, kind="scene", seed=3, present=multi)
+    high = corrupt_labels(main, rate=0.4, kind="scene", seed=3, present=multi)
+    flipped = low != main
+    assert np.array_equal(high[flipped], low[flipped])
+
+
+def test_scene_noise_refuses_what_it_cannot_do():
+    present = np.zeros((4, 10), dtype=np.int8)
+    present[:, 3] = 1
+    present[0, 8] = 1  # one image in four holds another class
+    main = np.full(4, 3)
+    with pytest.raises(ConfigError, match="needs the presence matrix"):
+        corrupt_labels(main, rate=0.2, kind="scene", seed=0)
+    with pytest.raises(ConfigError, match=r"present has shape \(4, 9\)"):
+        corrupt_labels(main, rate=0.2, kind="scene", seed=0, present=present[:, :9])
+    with pytest.raises(ConfigError, match="r=0.4 is impossible: only 25.0% of the images"):
+        corrupt_labels(main, rate=0.4, kind="scene", seed=0, present=present)
+
+
 def test_verified_flags_agree_with_truth(truth):
     _, main = truth
     noisy = corrupt_labels(main, rate=0.4, kind="symmetric", seed=3)
@@ -146,3 +196,13 @@ def test_regime_names_round_trip():
 def test_bad_options_raise_config_error_naming_the_value(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_scene_noise_error_names_the_regime_and_split():
+    multi = np.zeros((4, 10), dtype=np.int8)
+    multi[:, 3] = 1
+    main = np.full(4, 3)
+    with pytest.raises(ConfigError, match=r"regime noisy-scene-r0.2, split val \(4 images\): scene noise at r=0.2 "
+                                          r"is impossible: only 0.0% of the images"):
+        make_regime_labels(Regime("noisy", noise="scene", rate=0.2), multilabel_truth=multi, main_truth=main,
+                           split="val", seed=0)

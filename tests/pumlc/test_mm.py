@@ -105,7 +105,8 @@ def test_classifier_freeze_regime():
     assert all(not m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-@pytest.mark.parametrize("config", ["digits_partial_pumlc_mixup.py", "digits_partial_ignore.py"])
+@pytest.mark.parametrize("config", ["digits_partial_pumlc_mixup.py", "digits_partial_ignore.py",
+                                    "digits_partial_pumlc_full.py"])
 def test_mmpretrain_tools_train_runs_pumlc_configs(tiny_digits, tmp_path, config):
     from pathlib import Path
 

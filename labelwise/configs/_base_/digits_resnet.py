@@ -20,9 +20,12 @@ data_preprocessor = dict(
     to_rgb=True,
 )
 
+# Random crops of 8-100 % of the image area, as in the official recipes of ReLabel and Label
+# Refinery (torchvision's RandomResizedCrop defaults); no flip: mirrored digits are not digits.
+# The multi-label configs keep (0.5, 1): a small crop would drop digits their labels name.
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.5, 1.0), backend='pillow'),
+    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.08, 1.0), backend='pillow'),
     dict(type='PackInputs'),
 ]
 test_pipeline = [

@@ -11,7 +11,7 @@ data_preprocessor = dict(type='labelwise.WeightedClsDataPreprocessor')
 model = dict(head=dict(type='labelwise.WeightedLinearClsHead', normalize='weight_sum'))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.5, 1.0), backend='pillow'),
+    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.08, 1.0), backend='pillow'),
     dict(type='labelwise.CleanNetWeights', score_file=score_file, mode='file'),
     dict(type='PackInputs', algorithm_keys=['sample_weight']),
 ]

@@ -18,7 +18,7 @@ label_maps = '{{$LABELWISE_LABEL_MAPS:data/labelmaps/noisy-train}}'
 model = dict(head=dict(loss=dict(type='CrossEntropyLoss', use_soft=True)))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='labelwise.RandomResizedCropWithBox', scale=64, crop_ratio_range=(0.5, 1.0), backend='pillow'),
+    dict(type='labelwise.RandomResizedCropWithBox', scale=64, crop_ratio_range=(0.08, 1.0), backend='pillow'),
     dict(type='labelwise.LabelPooling', label_maps=label_maps, num_classes=10),         # gt_score
     dict(type='labelwise.CleanNetWeights', score_file=score_file, mode='file'),        # sample_weight
     dict(type='PackInputs', algorithm_keys=['sample_weight']),

@@ -15,7 +15,7 @@ model = dict(head=dict(loss=dict(type='CrossEntropyLoss', use_soft=True)))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     # RandomResizedCrop that records the crop box (same draws, same image)
-    dict(type='labelwise.RandomResizedCropWithBox', scale=64, crop_ratio_range=(0.5, 1.0),
+    dict(type='labelwise.RandomResizedCropWithBox', scale=64, crop_ratio_range=(0.08, 1.0),
          backend='pillow'),
     # the store key is found from img_path (paths relative to the data root), so the
     # dataset may move without touching this line

@@ -11,7 +11,7 @@ store = '{{$LABELWISE_REFINERY_STORE:work_dirs/refined-labels}}'
 train_pipeline = [
     dict(type='labelwise.LoadRefinedLabels', store=store),
     dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.5, 1.0), backend='pillow'),
+    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.08, 1.0), backend='pillow'),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
