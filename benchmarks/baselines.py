@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--regimes", default="single,multilabel,partial-p0.3,noisy-symmetric-r0.2")
     parser.add_argument("--frameworks", default="mmpretrain")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the configs' (20 single-label, 10 multi-label)")
     args = parser.parse_args()
     data_root = make_dataset(f"{args.out}/data", seed=0, progress=True)
     results = run_grid(

@@ -15,6 +15,11 @@ from labelwise.utils.fileio import write_json
 
 FRAMEWORKS = ("mmpretrain", "timm")
 METRICS_FILE = "metrics.json"
+#: Epochs of the protocol (docs/benchmarks.md), as in the built-in configs: single-label runs
+#: with crops of 8-100 % of the area need 20; multi-label runs keep 10.
+SINGLE_LABEL_EPOCHS, MULTI_LABEL_EPOCHS = 20, 10
+#: Peak AdamW learning rate of the timm path (the configs' value).
+TIMM_LR = 0.002
 
 
 def baseline_config_name(regime: str) -> str:
@@ -48,9 +53,9 @@ def train_baseline(
     regime: str,
     work_dir,
     seed: int = 0,
-    epochs: int = 10,
+    epochs: int | None = None,
     batch_size: int = 64,
-    lr: float = 0.002,
+    lr: float | None = None,
     config: str | None = None,
     cfg_options: dict | None = None,
     overwrite: bool = False,
@@ -67,7 +72,9 @@ def train_baseline(
             ``metrics.json`` is refused unless ``overwrite``.
         seed: seed of model initialisation, data order and augmentation.
         epochs, batch_size, lr: the schedule (AdamW, weight decay 0.05, one warm-up epoch
-            then cosine).
+            then cosine). ``epochs=None``: the config's (the protocol of docs/benchmarks.md:
+            20 for single-label regimes, 10 for multi-label ones; timm the same). ``lr=None``:
+            the config's optimiser learning rate (2e-3 for the baseline configs; timm 2e-3).
         config: mmpretrain only: a config file or built-in name (default: the regime's
             ``baseline/digits_*`` config).
         cfg_options: mmpretrain only: extra ``{'dotted.key': value}`` config overrides, applied
@@ -94,12 +101,14 @@ def train_baseline(
     multi_label = not Regime.from_name(regime).is_single_label
     start = time.perf_counter()
     if framework == "mmpretrain":
-        value = _train_mmpretrain(config or baseline_config_name(regime), data_root, regime, work_dir,
-                                  seed, epochs, batch_size, lr, multi_label, cfg_options)
+        value, epochs = _train_mmpretrain(config or baseline_config_name(regime), data_root, regime, work_dir,
+                                          seed, epochs, batch_size, lr, multi_label, cfg_options)
     else:
         if cfg_options:
             raise ConfigError("cfg_options apply to the mmpretrain framework only")
-        value = _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label, progress)
+        epochs = epochs or (MULTI_LABEL_EPOCHS if multi_label else SINGLE_LABEL_EPOCHS)
+        value = _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr or TIMM_LR, multi_label,
+                            progress)
     result = {
         "framework": framework, "regime": regime, "seed": seed, "epochs": epochs,
         "metric": "mAP" if multi_label else "top1", "value": round(value, 4),
@@ -112,13 +121,13 @@ def train_baseline(
 
 
 def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label,
-                      cfg_options=None) -> float:
+                      cfg_options=None) -> tuple[float, int]:
     from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
 
     kind = "json" if multi_label else "txt"
     options = {
         "train_dataloader.batch_size": batch_size,
-        "optim_wrapper.optimizer.lr": lr,
+        **({"optim_wrapper.optimizer.lr": lr} if lr is not None else {}),
         "train_dataloader.dataset.ann_file": f"{regime}/train.{kind}",
         # the test split of every regime is fully and correctly labelled
         "test_dataloader.dataset.ann_file": f"{'multilabel' if multi_label else 'single'}/test.{kind}",
@@ -130,7 +139,7 @@ def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_s
     key = "multi-label/mAP" if multi_label else "accuracy/top1"
     if key not in metrics:
         raise DataError(f"the test evaluator of {config} did not report {key!r}; it reported {sorted(metrics)}")
-    return float(metrics[key])
+    return float(metrics[key]), int(cfg.train_cfg.max_epochs)
 
 
 def _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label, progress) -> float:
@@ -167,7 +176,7 @@ def _train_timm(data_root, regime, work_dir, seed, epochs, batch_size, lr, multi
 
 
 
-def run_grid(*, data_root, out_dir, frameworks, regimes, seeds, epochs: int = 10, progress: bool = True,
+def run_grid(*, data_root, out_dir, frameworks, regimes, seeds, epochs: int | None = None, progress: bool = True,
              log=print) -> list[dict]:
     """Train every (framework, regime, seed); reuse runs whose ``metrics.json`` exists (resume).
 
@@ -185,7 +194,8 @@ def run_grid(*, data_root, out_dir, frameworks, regimes, seeds, epochs: int = 10
             result = json.loads(done.read_text())
             log(f"[{i}/{len(runs)}] {framework} {regime} seed {seed}: reusing {done}")
         else:
-            log(f"[{i}/{len(runs)}] {framework} {regime} seed {seed}: training {epochs} epochs ...")
+            log(f"[{i}/{len(runs)}] {framework} {regime} seed {seed}: training "
+                f"{f'{epochs} epochs' if epochs else 'the protocol epochs'} ...")
             result = train_baseline(framework, data_root=data_root, regime=regime, work_dir=work_dir,
                                     seed=seed, epochs=epochs, progress=progress)
         log(f"    {result['metric']} {result['value']:.2f} ({result['seconds']:.0f} s)")

@@ -168,3 +168,20 @@ def test_head_with_another_class_count_than_the_data_is_refused_before_training(
                                           r"has 10 classes; set num_classes=10"):
         train_and_test(cfg)
     assert not list((tmp_path / "w").rglob("*.pth"))  # refused before any training
+
+
+def test_the_protocol_epochs_are_the_default(tiny_digits, tmp_path, monkeypatch):
+    """No --epochs: single-label runs train 20 epochs, multi-label ones 10, in both frameworks."""
+    import labelwise.train as train
+    from labelwise.adapters.mmpretrain.runner import load_config
+
+    for config, epochs in (("baseline/digits_single", 20), ("refinery/digits_single_small", 20),
+                           ("labelpool/digits_single", 20), ("baseline/digits_multilabel", 10),
+                           ("baseline/digits_partial", 10)):
+        cfg = load_config(config, work_dir=tmp_path / "w", data_root=tiny_digits)
+        assert cfg.train_cfg.max_epochs == epochs, config
+    seen = {}
+    monkeypatch.setattr(train, "_train_timm", lambda *args: seen.setdefault(args[1], args[4:7]) and 50.0)
+    for regime, epochs in (("single", 20), ("partial-p0.3", 10)):
+        result = train.train_baseline("timm", data_root=tiny_digits, regime=regime, work_dir=tmp_path / regime)
+        assert result["epochs"] == epochs and seen[regime] == (epochs, 64, 0.002)

@@ -43,9 +43,11 @@ def labelwise_add_commands(subparsers):
     train.add_argument("--config", default=None,
                        help="mmpretrain config file or built-in name (default: the regime's baseline config)")
     train.add_argument("--seed", type=int, default=0, help="default: 0")
-    train.add_argument("--epochs", type=int, default=10, help="default: 10")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="default: the config's (20 for single-label regimes, 10 for multi-label ones)")
     train.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    train.add_argument("--lr", type=float, default=0.002, help="peak AdamW learning rate (default: 0.002)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="peak learning rate (default: the config's; 0.002 for the baseline configs and timm)")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in WORK_DIR")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train.set_defaults(func=_run_train)
