@@ -296,16 +296,20 @@ def _cft_check(path: Path, cft: Path, features_file: Path) -> None:
     import onnxruntime as ort
 
     from labelwise.metrics import average_precision_per_class
+    from labelwise.plugins.cft.calibration import calibration_errors
+    from labelwise.plugins.cft.outputs import load_calibration
 
     with np.load(features_file) as f:
         x, labels, weight0, bias0 = f["features"], f["labels"], f["weight"], f["bias"]
     with np.load(cft / "cft_head.npz") as f:
         weight, bias = f["weight"], f["bias"]
+        calibration, thresholds = load_calibration(f)
     session = ort.InferenceSession(str(cft / "cft_head.onnx"), providers=["CPUExecutionProvider"])
-    logits, probabilities = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})))
     expected = x.astype(np.float64) @ weight.astype(np.float64).T + bias.astype(np.float64)
-    diff = max(float(np.abs(logits - expected).max()),
-               float(np.abs(probabilities - 1.0 / (1.0 + np.exp(-expected))).max()))
+    calibrated = calibration.probabilities(expected) if calibration is not None else 1.0 / (1.0 + np.exp(-expected))
+    diff = max(float(np.abs(got["logits"] - expected).max()), float(np.abs(got["probabilities"] - calibrated).max()))
     before = average_precision_per_class(x @ weight0.T + bias0, labels)
     after = average_precision_per_class(expected, labels)
     report = json.loads((cft / "cft_report.json").read_text())
@@ -313,6 +317,9 @@ def _cft_check(path: Path, cft: Path, features_file: Path) -> None:
         "onnx": {"file": str(cft / "cft_head.onnx"), "samples": int(len(x)), "max_abs_diff": diff,
                  "tolerance": ONNX_TOLERANCE, "passed": bool(diff < ONNX_TOLERANCE)},
         "map_before": float(np.nanmean(before) * 100), "map_after": float(np.nanmean(after) * 100),
+        # calibration on the fully labelled test split (fitted on the known validation labels)
+        "test_calibration": {"cft_sigmoid": calibration_errors(1.0 / (1.0 + np.exp(-expected)), labels)["overall"],
+                             "calibrated": calibration_errors(calibrated, labels)["overall"]},
         "ap_before": [None if np.isnan(v) else float(v) for v in before],
         "ap_after": [None if np.isnan(v) else float(v) for v in after],
         "changed": report["summary"]["changed"], "chosen": report["summary"]["chosen"]})

@@ -1,5 +1,6 @@
 """`labelwise cft --npz`: outputs, ONNX parity and metadata, resume, errors; torchrun with 2 processes."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,7 +29,9 @@ def test_npz_outputs_and_onnx(npz, tmp_path, capsys):
 
     out = tmp_path / "out"
     assert main(["cft", "--npz", str(npz), "--out", str(out), "--optimizer", "best", "--lr", "0.01", *FAST]) == 0
-    assert "cft best: mean validation AP" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "cft best: mean validation AP" in printed
+    assert re.search(r"calibration platt on \d+ known validation entries \(in-sample\): ECE [0-9.]+ -> [0-9.]+", printed)
     report = json.loads((out / "cft_report.json").read_text())
     head = np.load(out / "cft_head.npz")
     assert head["weight"].shape == (5, 10) and head["bias"].shape == (5,)
@@ -44,9 +47,15 @@ def test_npz_outputs_and_onnx(npz, tmp_path, capsys):
     session = ort.InferenceSession(str(out / "cft_head.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 7):  # dynamic batch axis
         x = np.random.default_rng(batch).standard_normal((batch, 10)).astype(np.float32)
-        logits, probs = session.run(None, {"features": x})
+        logits, probs, labels = session.run(["logits", "probabilities", "labels"], {"features": x})
         np.testing.assert_allclose(logits, x @ head["weight"].T + head["bias"], atol=1e-5)
-        np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-6)
+        # Platt scaling (the default), fitted on the known validation labels, and F1 thresholds
+        z = logits.astype(np.float64) * head["calibration_scale"] + head["calibration_shift"]
+        np.testing.assert_allclose(probs, 1 / (1 + np.exp(-z)), atol=1e-6)
+        assert labels.dtype == np.int64 and np.array_equal(labels, (probs >= head["thresholds"]).astype(np.int64))
+    assert meta["calibration"] == "platt" and len(json.loads(meta["thresholds"])) == 5
+    errors = report["calibration"]
+    assert errors["calibrated"]["overall"]["ece"] <= errors["cft_sigmoid"]["overall"]["ece"]
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 

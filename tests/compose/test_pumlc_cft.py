@@ -52,4 +52,7 @@ def test_pumlc_then_cft_writes_a_calibrated_onnx_head(tiny_cfg, tmp_path):
     session = ort.InferenceSession(str(out / "cft_head.onnx"), providers=["CPUExecutionProvider"])
     onnx_logits, onnx_probs = session.run(["logits", "probabilities"], {"features": feats.numpy()})
     np.testing.assert_allclose(onnx_logits, logits.numpy(), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(onnx_probs, torch.sigmoid(logits).numpy(), rtol=0, atol=1e-5)
+    scale, shift = head["calibration_scale"], head["calibration_shift"]  # Platt scaling, the default
+    np.testing.assert_allclose(onnx_probs, torch.sigmoid(logits * torch.as_tensor(scale, dtype=torch.float32)
+                                                         + torch.as_tensor(shift, dtype=torch.float32)).numpy(),
+                               rtol=0, atol=1e-5)

@@ -283,19 +283,17 @@ def _image_to_features(model) -> _ImageToFeatures:
 
 def _export_full(model, result, path, *, size, classes, source_sha256) -> float:
     """Export backbone + calibrated head as one graph taking RGB images ``(B, 3, *size)``."""
-    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
+    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, head_metadata, verify_onnx
 
     body = _image_to_features(model)
-    module = CalibratedHead(result.weight, result.bias, body=body)
+    module = CalibratedHead.from_result(result, body=body)
     generator = torch.Generator().manual_seed(result.options.seed)
     example = torch.rand(2, 3, *size, generator=generator) * 255
     order = "BGR" if body.bgr else "RGB"
-    metadata = {"producer": "labelwise cft", "class_names": classes, "changed_categories": result.changed,
-                "metric": result.options.metric, "source_sha256": source_sha256,
-                "input_channel_order": "RGB", "model_channel_order": order,
-                "inputs": f"images (batch, 3, {size[0]}, {size[1]}) float32 RGB in 0..255 (converted to the "
-                          f"model's {order} order and normalised inside)",
-                "outputs": "logits, probabilities (sigmoid)"}
+    metadata = head_metadata(result, classes, source_sha256=source_sha256, input_channel_order="RGB",
+                             model_channel_order=order,
+                             inputs=f"images (batch, 3, {size[0]}, {size[1]}) float32 RGB in 0..255 (converted to "
+                                    f"the model's {order} order and normalised inside)")
     export_onnx(module, path, example, metadata=metadata, input_name="images")
     return verify_onnx(path, module, torch.rand(4, 3, *size, generator=generator) * 255)
 

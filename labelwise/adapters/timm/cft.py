@@ -119,14 +119,13 @@ def export_timm_onnx(model, result, path, example_input: torch.Tensor, *, class_
 
     Returns the max abs difference between onnxruntime and PyTorch on random inputs.
     """
-    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
+    from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, head_metadata, verify_onnx
 
     body = copy.deepcopy(model).cpu().eval()
-    module = CalibratedHead(result.weight, result.bias, body=_PreLogits(body))
+    module = CalibratedHead.from_result(result, body=_PreLogits(body))
     shape = tuple(example_input.shape[1:])
-    metadata = {"producer": "labelwise cft", "class_names": list(class_names), "changed_categories": result.changed,
-                "metric": result.options.metric, "inputs": f"images (batch, {', '.join(map(str, shape))}) float32, "
-                "normalised as the timm model expects", "outputs": "logits, probabilities (sigmoid)"}
+    metadata = head_metadata(result, class_names, inputs=f"images (batch, {', '.join(map(str, shape))}) float32, "
+                             "normalised as the timm model expects")
     export_onnx(module, path, example_input.cpu(), metadata=metadata, input_name="images")
     generator = torch.Generator().manual_seed(result.options.seed)
     return verify_onnx(path, module, torch.randn(3, *shape, generator=generator))

@@ -44,6 +44,12 @@ class CFTResult:
             (``'ga'``/``'bp'``): ``score``, ``epochs_run``, ``best_at``.
         options: the :class:`CFTOptions` used.
         seconds: wall time of the run.
+        calibration: the per-class probability calibration fitted after CFT on the known
+            validation labels (:class:`~labelwise.plugins.cft.calibration.Calibration`), or
+            ``None`` for ``calibration='none'``.
+        thresholds: ``(C,)`` per-class decision thresholds on the calibrated probabilities.
+        calibration_report: errors before / after and the thresholds (see
+            :func:`~labelwise.plugins.cft.calibration.calibrate_logits`).
     """
 
     weight: torch.Tensor
@@ -51,6 +57,9 @@ class CFTResult:
     categories: list
     options: CFTOptions
     seconds: float = 0.0
+    calibration: object = None
+    thresholds: np.ndarray | None = None
+    calibration_report: dict | None = None
 
     @property
     def changed(self) -> list[int]:
@@ -69,7 +78,8 @@ class CFTResult:
     def report(self, **extra) -> dict:
         """A JSON-serialisable report: options, summary, per-category rows, and ``extra``."""
         return {"format": "labelwise-cft-report/1", "options": dataclasses.asdict(self.options),
-                "summary": self.summary(), "categories": self.categories, **extra}
+                "summary": self.summary(), "categories": self.categories,
+                "calibration": self.calibration_report, **extra}
 
 
 def fit_calibrated_head(
@@ -190,8 +200,15 @@ def fit_calibrated_head(
             row = done[c, best_name].row.numpy()
             weight_out[c], bias_out[c] = row[:-1], row[-1]
             report["changed"] = bool(not np.array_equal(row[:-1], data["weight"][c]) or row[-1] != data["bias"][c])
+    from labelwise.plugins.cft.calibration import calibrate_logits
+
+    val_x = data["val_features"].astype(np.float64)
+    calibration, thresholds, calibration_report = calibrate_logits(
+        val_x @ data["weight"].T.astype(np.float64) + data["bias"], val_x @ weight_out.T.astype(np.float64) + bias_out,
+        data["val_labels"], method=options.calibration, objective=options.threshold_objective,
+        bins=options.calibration_bins)
     return CFTResult(torch.from_numpy(weight_out), torch.from_numpy(bias_out), [reports[c] for c in wanted], options,
-                     time.perf_counter() - start_time)
+                     time.perf_counter() - start_time, calibration, thresholds, calibration_report)
 
 
 def _base_report(c, name, train_labels, val_labels, options) -> dict:

@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 from labelwise.errors import ConfigError, DataError
-from labelwise.plugins.cft.options import METRICS, OPTIMIZERS, CFTOptions
+from labelwise.plugins.cft.options import CALIBRATIONS, METRICS, OPTIMIZERS, THRESHOLD_OBJECTIVES, CFTOptions
 from labelwise.utils.fileio import read_npz
 
 NPZ_KEYS = ("train_features", "train_labels", "val_features", "val_labels", "weight", "bias")
 _OPTION_FLAGS = ("optimizer", "metric", "epochs", "early_stopping", "population", "crossover_rate", "mutation_prob",
-                 "mutation_range", "elitism", "lr", "gamma_neg", "gamma_pos", "clip", "seed", "chunk_rows", "threads")
+                 "mutation_range", "elitism", "lr", "gamma_neg", "gamma_pos", "clip", "seed", "chunk_rows", "threads",
+                 "calibration", "threshold_objective", "calibration_bins")
 
 
 def add_arguments(parser) -> None:
@@ -47,6 +48,13 @@ def add_arguments(parser) -> None:
     opt.add_argument("--seed", type=int, default=d.seed, help=f"default: {d.seed}")
     opt.add_argument("--chunk-rows", type=int, default=d.chunk_rows, help=f"default: {d.chunk_rows}")
     opt.add_argument("--threads", type=int, default=None, help="worker threads, each running whole categories (default: torch.get_num_threads()); results do not depend on it")
+    cal = parser.add_argument_group("probability calibration (after CFT, on the known validation labels)")
+    cal.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration,
+                     help=f"per-class map from logit to probability (default: {d.calibration}; none: plain sigmoid)")
+    cal.add_argument("--threshold-objective", choices=THRESHOLD_OBJECTIVES, default=d.threshold_objective,
+                     help=f"per-class decision thresholds maximise this (default: {d.threshold_objective})")
+    cal.add_argument("--calibration-bins", type=int, default=d.calibration_bins,
+                     help=f"bins of the reported calibration errors (default: {d.calibration_bins})")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     run.add_argument("--launcher", choices=("none", "pytorch"), default="none",
@@ -108,7 +116,7 @@ def check_output_folder(out: Path, options: CFTOptions, *, source) -> None:
 
 def run(args) -> int:
     from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, init_from_env, is_main_process
-    from labelwise.plugins.cft.outputs import file_sha256, write_outputs
+    from labelwise.plugins.cft.outputs import OUTPUT_FILES, file_sha256, write_outputs
 
     if bool(args.npz) == bool(args.config):
         raise ConfigError("give either --npz FILE or --config CONFIG --checkpoint CKPT")
@@ -150,6 +158,19 @@ def run(args) -> int:
         print(f"cft {options.optimizer}: mean validation {options.metric.upper()} {scores}; "
               f"{len(summary['changed'])} of {summary['categories']} categories changed, {summary['skipped']} skipped; "
               f"{summary['seconds']:.1f} s; wrote {out}")
+        print(calibration_line(out / OUTPUT_FILES["report"]))
     return 0
+
+
+def calibration_line(report_path) -> str:
+    """One line of the report's calibration errors (known validation labels, in-sample)."""
+    cal = json.loads(Path(report_path).read_text()).get("calibration")
+    if not cal:
+        return "calibration: not in the report"
+    before, after = cal["cft_sigmoid"]["overall"], cal["calibrated"]["overall"]
+    return (f"calibration {cal['method']} on {after['known']} known validation entries (in-sample): ECE "
+            f"{before['ece']:.4f} -> {after['ece']:.4f}, MCE {before['mce']:.4f} -> {after['mce']:.4f}, Brier "
+            f"{before['brier']:.4f} -> {after['brier']:.4f}; {cal['threshold_objective']} thresholds "
+            f"{min(cal['thresholds']):.3f}..{max(cal['thresholds']):.3f}")
 
 

@@ -1,4 +1,4 @@
-"""ONNX export of a calibrated head (features -> logits, probabilities), verified with onnxruntime.
+"""ONNX export of a calibrated head (features -> logits, probabilities, labels), verified with onnxruntime.
 
 Uses ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis and ``external_data=False``
 (torch 2.14 otherwise writes a separate ``.data`` file even for a tiny model). Metadata goes
@@ -17,34 +17,96 @@ from torch import nn
 
 from labelwise.utils.fileio import atomic_write
 
-__all__ = ["CalibratedHead", "export_onnx", "read_metadata", "verify_onnx"]
+__all__ = ["OUTPUT_NAMES", "CalibratedHead", "export_onnx", "head_metadata", "read_metadata", "verify_onnx"]
 
-#: Largest max-abs difference between onnxruntime and PyTorch accepted by :func:`verify_onnx`.
+#: Largest difference between onnxruntime and PyTorch accepted by :func:`verify_onnx`, relative
+#: to the logits' scale: ``TOLERANCE * max(1, max |logit|)`` (float32 rounding grows with it).
 TOLERANCE = 1e-5
+#: The graph's outputs: the re-fitted layer's logits, the calibrated probabilities, and 0 / 1
+#: decisions at the per-class thresholds.
+OUTPUT_NAMES = ("logits", "probabilities", "labels")
 
 
 class CalibratedHead(nn.Module):
-    """``features (B, D) -> (logits (B, C), probabilities (B, C))`` with a fixed linear layer.
+    """``features (B, D) -> (logits, probabilities, labels)``, each ``(B, C)``.
+
+    ``probabilities`` are ``sigmoid(scale * logits + shift)`` (Platt / temperature scaling),
+    or the isotonic map's piecewise-linear interpolation between its knots (clipped outside
+    them); ``labels`` are ``probabilities >= thresholds`` as int64.
 
     Args:
         weight: ``(C, D)``; bias: ``(C,)``.
         body: optional module mapping the graph's input to features ``(B, D)`` (a backbone),
             so that one graph runs backbone + calibrated head.
+        calibration: a :class:`~labelwise.plugins.cft.calibration.Calibration` or ``None``
+            (the plain sigmoid).
+        thresholds: ``(C,)`` decision thresholds (default 0.5).
     """
 
-    def __init__(self, weight, bias, body: nn.Module | None = None):
+    def __init__(self, weight, bias, body: nn.Module | None = None, *, calibration=None, thresholds=None):
         super().__init__()
         weight = torch.as_tensor(weight, dtype=torch.float32)
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        num_classes = weight.shape[0]
+        self.linear = nn.Linear(weight.shape[1], num_classes)
         with torch.no_grad():
             self.linear.weight.copy_(weight)
             self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
         self.body = body
+        self.isotonic = calibration is not None and calibration.method == "isotonic"
+        scale = np.ones(num_classes) if calibration is None or self.isotonic else calibration.scale
+        shift = np.zeros(num_classes) if calibration is None or self.isotonic else calibration.shift
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
+        thresholds = np.full(num_classes, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        self.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32))
+        if self.isotonic:
+            xs, ys = calibration.padded_knots()
+            fitted = ~np.isnan(xs[:, 0])
+            xs, ys = np.nan_to_num(xs), np.nan_to_num(ys)
+            dx, dy = np.diff(xs, axis=1), np.diff(ys, axis=1)
+            self.register_buffer("x0", torch.as_tensor(xs[:, :-1], dtype=torch.float32))
+            self.register_buffer("inv_dx", torch.as_tensor(np.where(dx > 0, 1.0 / np.where(dx > 0, dx, 1.0), 0.0),
+                                                           dtype=torch.float32))
+            self.register_buffer("dy", torch.as_tensor(np.where(dx > 0, dy, 0.0), dtype=torch.float32))
+            self.register_buffer("y0", torch.as_tensor(ys[:, 0], dtype=torch.float32))
+            self.register_buffer("fitted", torch.as_tensor(fitted))
+
+    def max_slope(self) -> float:
+        """The largest d(probability) / d(logit): how much a logit's rounding moves a probability."""
+        if self.isotonic:
+            return max(0.25, float((self.dy * self.inv_dx).max()))
+        return 0.25 * max(1.0, float(self.scale.abs().max()))
+
+    @classmethod
+    def from_result(cls, result, body: nn.Module | None = None) -> "CalibratedHead":
+        """The head of a :class:`~labelwise.plugins.cft.calibrate.CFTResult`, with its calibration."""
+        return cls(result.weight, result.bias, body=body, calibration=result.calibration,
+                   thresholds=result.thresholds)
 
     def forward(self, x):
         features = self.body(x) if self.body is not None else x
         logits = self.linear(features)
-        return logits, torch.sigmoid(logits)
+        if self.isotonic:
+            # p = y0 + sum_i clamp((z - x_i) / (x_{i+1} - x_i), 0, 1) (y_{i+1} - y_i): np.interp, clipped
+            steps = ((logits.unsqueeze(-1) - self.x0) * self.inv_dx).clamp(0.0, 1.0)
+            interpolated = self.y0 + (steps * self.dy).sum(-1)
+            probabilities = torch.where(self.fitted, interpolated, torch.sigmoid(logits))
+        else:
+            probabilities = torch.sigmoid(logits * self.scale + self.shift)
+        return logits, probabilities, (probabilities >= self.thresholds).to(torch.int64)
+
+
+def head_metadata(result, class_names, **extra) -> dict:
+    """ONNX metadata of a CFT head: classes, changes, calibration, thresholds, errors before / after."""
+    report = result.calibration_report or {}
+    overall = {key: (report.get(key) or {}).get("overall") for key in ("original_sigmoid", "cft_sigmoid", "calibrated")}
+    return {"producer": "labelwise cft", "class_names": list(class_names), "changed_categories": result.changed,
+            "metric": result.options.metric, "optimizer": result.options.optimizer,
+            "calibration": result.options.calibration, "threshold_objective": result.options.threshold_objective,
+            "thresholds": [float(t) for t in result.thresholds] if result.thresholds is not None else None,
+            "calibration_errors_validation": overall,
+            "outputs": "logits (re-fitted layer), probabilities (calibrated), labels (int64 0/1 at the thresholds)",
+            **extra}
 
 
 def _require_onnx():
@@ -79,7 +141,7 @@ def export_onnx(module: nn.Module, path, example: torch.Tensor, *, metadata: dic
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
         torch.onnx.export(module, (example.cpu(),), str(raw), dynamo=True, external_data=False,
-                          input_names=[input_name], output_names=["logits", "probabilities"],
+                          input_names=[input_name], output_names=list(OUTPUT_NAMES),
                           dynamic_shapes=({0: batch},), verbose=False)
         model = onnx.load(str(raw))
     for key, value in (metadata or {}).items():
@@ -93,21 +155,39 @@ def export_onnx(module: nn.Module, path, example: torch.Tensor, *, metadata: dic
 
 @torch.no_grad()
 def verify_onnx(path, module: nn.Module, inputs: torch.Tensor) -> float:
-    """Max absolute difference of logits and probabilities between onnxruntime and ``module``.
+    """Check logits, probabilities and labels of onnxruntime against ``module``; the logits' max abs difference.
+
+    The accepted difference of the logits is relative to their scale: ``TOLERANCE * max(1,
+    max |logit|)``; that of the probabilities is the same times the calibration's largest
+    slope (a Platt scale of 40 turns a logit's rounding into 10 times more in probability).
+    ``labels`` must agree exactly except where a probability is within its tolerance of the
+    threshold.
 
     Raises:
-        AssertionError: the difference exceeds :data:`TOLERANCE`.
+        AssertionError: a difference above the tolerance, or labels that differ.
     """
     _require_onnx()
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    got = session.run(None, {name: inputs.cpu().numpy()})
-    expected = module.eval().cpu()(inputs.cpu())
-    diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
-    if not diff <= TOLERANCE:
-        raise AssertionError(f"{path}: onnxruntime differs from PyTorch by {diff:.3g} > {TOLERANCE}")
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {name: inputs.cpu().numpy()})))
+    logits, probabilities, labels = (t.numpy() for t in module.eval().cpu()(inputs.cpu()))
+    tolerance = TOLERANCE * max(1.0, float(np.abs(logits).max()))
+    slope = module.max_slope() if isinstance(module, CalibratedHead) else 0.25
+    p_tolerance = tolerance * max(1.0, slope)
+    diff = float(np.abs(got["logits"] - logits).max())
+    p_diff = float(np.abs(got["probabilities"] - probabilities).max())
+    if not diff <= tolerance:
+        raise AssertionError(f"{path}: onnxruntime's logits differ from PyTorch's by {diff:.3g} > {tolerance:.3g} "
+                             f"({TOLERANCE:g} x the largest |logit|, at least {TOLERANCE:g})")
+    if not p_diff <= p_tolerance:
+        raise AssertionError(f"{path}: onnxruntime's probabilities differ from PyTorch's by {p_diff:.3g} > "
+                             f"{p_tolerance:.3g} (the logits' tolerance x the calibration's slope {slope:.3g})")
+    thresholds = module.thresholds.numpy()
+    close = np.abs(probabilities - thresholds) <= p_tolerance
+    if not ((got["labels"] == labels) | close).all():
+        raise AssertionError(f"{path}: onnxruntime's labels differ from PyTorch's away from the thresholds")
     return diff
 
 

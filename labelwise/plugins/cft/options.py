@@ -10,6 +10,10 @@ from labelwise.errors import ConfigError
 OPTIMIZERS = ("ga", "bp", "best")
 #: Validation / fitness metrics.
 METRICS = ("ap", "auroc")
+#: Probability calibration after CFT (labelwise.plugins.cft.calibration), or none.
+CALIBRATIONS = ("platt", "temperature", "isotonic", "none")
+#: Objectives of the per-class decision thresholds.
+THRESHOLD_OBJECTIVES = ("f1", "accuracy")
 #: Fields that change results (the rest only change speed, memory or output).
 RESULT_FIELDS = ("optimizer", "metric", "epochs", "early_stopping", "population", "crossover_rate",
                  "mutation_prob", "mutation_range", "elitism", "lr", "gamma_neg", "gamma_pos", "clip", "seed")
@@ -47,6 +51,13 @@ class CFTOptions:
             tensor operations: torch's intra-op threads are set to 1 during the run and
             restored after). Results do not depend on it. ``None``: ``torch.get_num_threads()``
             on CPU, 1 on other devices. Default ``None``.
+        calibration: after the rows are fitted, map each class's logit to a calibrated
+            probability, fitted on the known validation labels: ``'platt'`` (default),
+            ``'temperature'``, ``'isotonic'`` or ``'none'`` (the plain sigmoid). Ranking, hence
+            AP, is unchanged (the maps are increasing).
+        threshold_objective: per-class decision thresholds on the calibrated validation
+            probabilities maximise ``'f1'`` (default) or ``'accuracy'``.
+        calibration_bins: equal-width bins of the reported calibration errors. Default 15.
     """
 
     optimizer: str = "ga"
@@ -66,6 +77,9 @@ class CFTOptions:
     chunk_rows: int = 65536
     cache_bytes: int = 1 << 30
     threads: int | None = None
+    calibration: str = "platt"
+    threshold_objective: str = "f1"
+    calibration_bins: int = 15
 
     def __post_init__(self):
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -91,6 +105,9 @@ class CFTOptions:
         _integer("cache_bytes", self.cache_bytes, minimum=0)
         if self.threads is not None:
             _integer("threads", self.threads, minimum=1)
+        _choice("calibration", self.calibration, CALIBRATIONS)
+        _choice("threshold_objective", self.threshold_objective, THRESHOLD_OBJECTIVES)
+        _integer("calibration_bins", self.calibration_bins, minimum=1)
 
     @property
     def optimizers(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import torch
 
 from labelwise.utils.fileio import atomic_write, write_figure, write_json
 
-__all__ = ["OUTPUT_FILES", "file_sha256", "plot_scores", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "calibration_arrays", "file_sha256", "load_calibration", "plot_scores", "write_outputs"]
 
 #: File names written by :func:`write_outputs` inside the output directory.
 OUTPUT_FILES = {"head": "cft_head.npz", "report": "cft_report.json", "plot": "cft_scores.png", "onnx": "cft_head.onnx"}
@@ -56,6 +56,34 @@ def plot_scores(categories: list, path, *, metric: str) -> Path:
     return write_figure(path, fig)
 
 
+def calibration_arrays(result) -> dict:
+    """The calibration of ``result`` as arrays for ``cft_head.npz`` (see :func:`load_calibration`)."""
+    cal = result.calibration
+    method = "none" if cal is None else cal.method
+    arrays = {"calibration_method": np.array(method), "thresholds": np.asarray(result.thresholds, dtype=np.float64)}
+    if cal is not None:
+        xs, ys = cal.padded_knots() if method == "isotonic" else (np.zeros((len(cal.scale), 0)),) * 2
+        arrays.update(calibration_scale=cal.scale, calibration_shift=cal.shift, calibration_knots_x=xs,
+                      calibration_knots_y=ys, calibration_fitted=cal.fitted, calibration_known=cal.known)
+    return arrays
+
+
+def load_calibration(npz) -> tuple:
+    """``(Calibration or None, thresholds)`` from the arrays of a ``cft_head.npz``."""
+    from labelwise.plugins.cft.calibration import Calibration
+
+    method = str(npz["calibration_method"]) if "calibration_method" in npz else "none"
+    thresholds = np.asarray(npz["thresholds"]) if "thresholds" in npz else None
+    if method == "none":
+        return None, thresholds
+    xs, ys = npz["calibration_knots_x"], npz["calibration_knots_y"]
+    # padded rows repeat their last knot, which np.interp reads the same; a class left out is NaN
+    knots_x = tuple(np.empty(0) if np.isnan(r).any() else r for r in xs) if method == "isotonic" else ()
+    knots_y = tuple(np.empty(0) if np.isnan(r).any() else r for r in ys) if method == "isotonic" else ()
+    return Calibration(method, np.asarray(npz["calibration_scale"]), np.asarray(npz["calibration_shift"]), knots_x,
+                       knots_y, np.asarray(npz["calibration_fitted"]), np.asarray(npz["calibration_known"])), thresholds
+
+
 def write_outputs(result, out_dir, *, class_names, source: str = "", source_sha256: str = "", onnx: bool = True,
                   plot: bool = True, extra: dict | None = None, seed: int = 0) -> dict:
     """Write the calibrated head, the report, the plot and the ONNX head into ``out_dir``.
@@ -78,20 +106,19 @@ def write_outputs(result, out_dir, *, class_names, source: str = "", source_sha2
     paths = {}
     names = [str(n) for n in class_names]
     buffer = io.BytesIO()
-    np.savez(buffer, weight=result.weight.numpy(), bias=result.bias.numpy(), class_names=np.array(names))
+    np.savez(buffer, weight=result.weight.numpy(), bias=result.bias.numpy(), class_names=np.array(names),
+             **calibration_arrays(result))
     with atomic_write(out / OUTPUT_FILES["head"], "wb") as f:
         f.write(buffer.getvalue())
     paths["head"] = out / OUTPUT_FILES["head"]
     report = result.report(class_names=names, source=str(source), source_sha256=source_sha256, **(extra or {}))
     if onnx:
-        from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, verify_onnx
+        from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, head_metadata, verify_onnx
 
-        head = CalibratedHead(result.weight, result.bias)
+        head = CalibratedHead.from_result(result)
         dim = result.weight.shape[1]
-        metadata = {"producer": "labelwise cft", "class_names": names, "changed_categories": result.changed,
-                    "metric": result.options.metric, "optimizer": result.options.optimizer,
-                    "source": str(source), "source_sha256": source_sha256,
-                    "inputs": f"features (batch, {dim}) float32", "outputs": "logits, probabilities (sigmoid)"}
+        metadata = head_metadata(result, names, source=str(source), source_sha256=source_sha256,
+                                 inputs=f"features (batch, {dim}) float32")
         export_onnx(head, out / OUTPUT_FILES["onnx"], torch.zeros(2, dim), metadata=metadata)
         generator = torch.Generator().manual_seed(seed)
         report["onnx_max_abs_diff"] = verify_onnx(out / OUTPUT_FILES["onnx"], head, torch.randn(64, dim, generator=generator))
