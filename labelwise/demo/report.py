@@ -167,7 +167,7 @@ def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed
         f"- CFT: the assume-negative baseline's final layer, GA and BP ({mode.cft_epochs} epochs, early stopping "
         f"{mode.cft_patience}), best per category on the known validation labels; test mAP from the "
         "penultimate features (scikit-learn-style AP, ties grouped), so its baseline differs slightly from "
-        "the PU-MLC row's Runner mAP.", "",
+        "the PU-MLC row's Runner mAP." + _calibration_sentence(per_seed[0]["cft"]), "",
         "## ONNX check", "",
         *[f"- {onnx_line(r['seed'], c)}" for r, c in zip(per_seed, onnx)], "",
         "## Plots", "",
@@ -182,6 +182,16 @@ def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed
     ]
     with atomic_write(out / "summary.md", "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _calibration_sentence(check: dict) -> str:
+    test = check.get("test_calibration")
+    if not test:
+        return ""
+    before, after = test["cft_sigmoid"], test["calibrated"]
+    return (f" Its probabilities, calibrated per class on the known validation labels (Platt scaling), on the "
+            f"fully labelled test split: ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> "
+            f"{after['brier']:.4f} (first seed).")
 
 
 def machine() -> str:
