@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -168,8 +169,6 @@ def crop_diagnostic(args, store: Path, out: Path, *, crops_per_image: int = 8, i
     central fallback); a digit is "in the crop" when its box centre is. Seeded; ``images``
     training images, ``crops_per_image`` crops each.
     """
-    import math
-
     from labelwise.data import load_scenes
     from labelwise.plugins.labelpool.pooling import pool_label_map_numpy
     from labelwise.plugins.labelpool.store import LabelMapStore
@@ -187,7 +186,7 @@ def crop_diagnostic(args, store: Path, out: Path, *, crops_per_image: int = 8, i
         scores, ids = maps.get(scene["id"])
         label = scene["objects"][scene["main"]]["class"]  # "main" indexes the objects
         for _ in range(crops_per_image):
-            top, left, h, w = _random_resized_crop(rng, size, size, math)
+            top, left, h, w = _random_resized_crop(rng, size, size)
             inside = {o["class"] for o in scene["objects"]
                       if top <= (o["box"][1] + o["box"][3]) / 2 < top + h and left <= (o["box"][0] + o["box"][2]) / 2 < left + w}
             box = (left / size, top / size, (left + w) / size, (top + h) / size)
@@ -206,7 +205,7 @@ def crop_diagnostic(args, store: Path, out: Path, *, crops_per_image: int = 8, i
     return result
 
 
-def _random_resized_crop(rng, height, width, math):
+def _random_resized_crop(rng, height, width):
     """torchvision's ``RandomResizedCrop.get_params`` with numpy draws: ``(top, left, h, w)``."""
     area = height * width
     log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))

@@ -51,7 +51,7 @@ def _list_in_registration_order(subparsers, log, pm) -> None:
         owners += [name] * (end - start)
         start = end
     owners += [None] * (len(actions) - len(owners))  # added by a wrapper: listed last
-    ranked = sorted(range(len(actions)), key=lambda i: pm.order(owners[i]) if owners[i] else len(actions) + 10**6)
+    ranked = sorted(range(len(actions)), key=lambda i: pm.order(owners[i]) if owners[i] else float("inf"))
     actions[:] = [actions[i] for i in ranked]
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 
 from labelwise.errors import ConfigError, DataError
+from labelwise.labels import check_partial_labels
 from labelwise.plugins.cft.options import THRESHOLD_OBJECTIVES
 
 __all__ = ["CALIBRATION_METHODS", "Calibration", "calibrate_logits", "calibration_errors", "choose_thresholds",
@@ -283,7 +284,9 @@ def _errors(p, y, bins: int) -> dict:
 
 
 def _sigmoid(x):
-    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+    from scipy.special import expit
+
+    return expit(x)
 
 
 def _logits(logits, num_classes: int | None = None) -> np.ndarray:
@@ -299,7 +302,4 @@ def _logits(logits, num_classes: int | None = None) -> np.ndarray:
 
 
 def _labels(labels) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.dtype.kind not in "iuf" or y.ndim != 2 or not np.isin(y, (-1, 0, 1)).all():
-        raise DataError("labels must be an (N, C) array of 1 (positive), 0 (negative) and -1 (unknown)")
-    return y.astype(np.int64)
+    return check_partial_labels(labels).astype(np.int64)
