@@ -38,17 +38,11 @@ def features(run_dir: Path, data_root) -> dict:
     path = run_dir / "features.npz"
     if not path.exists():
         from labelwise.adapters.mmpretrain.cft import _dataset_cfg, extract_features
-        from labelwise.adapters.mmpretrain.runner import load_config
-        from labelwise.checkpoint import extract_state_dict, load_checkpoint
-        from mmengine.registry import init_default_scope
-        from mmpretrain.registry import MODELS
+        from labelwise.adapters.mmpretrain.runner import build_trained_model
 
-        cfg = load_config("baseline/digits_partial", work_dir=run_dir / "cft-tmp", data_root=data_root)
         checkpoint = sorted((run_dir / "mmpretrain").glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))[-1]
-        init_default_scope("mmpretrain")
-        model_cfg = dict(cfg.model, data_preprocessor=cfg.data_preprocessor)
-        model = MODELS.build(model_cfg)
-        model.load_state_dict(extract_state_dict(load_checkpoint(checkpoint)))
+        model, cfg = build_trained_model("baseline/digits_partial", checkpoint, work_dir=run_dir / "cft-tmp",
+                                         data_root=data_root)
         out = {}
         for split, ann in (("train", f"{REGIME}/train.json"), ("val", f"{REGIME}/val.json"), ("test", "multilabel/test.json")):
             ds = _dataset_cfg(cfg, "val_dataloader", ann, what="ann")  # train dataset type, test pipeline

@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--regimes", default="noisy-symmetric-r0.2,noisy-symmetric-r0.4,noisy-pairflip-r0.2,"
                         "noisy-pairflip-r0.4")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20, help="default: 20, the single-label protocol")
     parser.add_argument("--steps", type=int, default=60000, help="CleanNet SGD steps (default: 60000)")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--verified-classes", default="0,1,2,3,4")
@@ -133,16 +133,15 @@ def _tag(args) -> str:
 
 
 def _features(work: Path, data_root, regime, args, ckpt=None, tag=""):
-    from labelwise.adapters.mmpretrain.cleannet import mm_feature_extractor
-    from labelwise.plugins.cleannet.features import extract_features, load_features
+    from labelwise.plugins.cleannet.features import load_features
+    from labelwise.workflows.cleannet import export_features
 
     ckpt = ckpt or work / "classifier" / "mmpretrain" / f"epoch_{args.epochs}.pth"
     result = {}
-    for split in ("train", "val"):
-        job = mm_feature_extractor("baseline/digits_noisy", ckpt, data_root=data_root, ann_file=f"{regime}/{split}.txt")
-        path = extract_features(job["embed"], job["dataset"], out=work / f"features{tag}-{split}.npz", ids=job["ids"],
-                                labels=job["labels"], batch_size=200, collate_fn=job["collate_fn"], meta=job["meta"],
-                                progress=False)
+    for split in ("train", "val"):  # `labelwise cleannet features`' workflow
+        path = export_features(work / f"features{tag}-{split}.npz", data_root=data_root,
+                               ann_file=f"{regime}/{split}.txt", config="baseline/digits_noisy", checkpoint=ckpt,
+                               batch_size=200, device="cpu", progress=False)["out"]
         result[split] = load_features(path)
     from labelwise.checkpoint import extract_state_dict, load_checkpoint
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -115,16 +114,14 @@ def train_on_extra_data(args, work: Path) -> dict:
 
 
 def make_label_maps(args, work: Path, annotator_dir: Path) -> Path:
-    from labelwise.cli import main as cli
+    """``labelwise relabel``'s workflow (:func:`labelwise.workflows.relabel.relabel_split`) with the annotator."""
+    from labelwise.workflows.relabel import relabel_split
 
     store = work / "labelmaps"
-    status = cli(["relabel", str(store), "--data-root", str(args.data_root), "--ann-file", "single/train.txt",
-                  "--config", str(annotator_dir / "annotator_config.py"),
-                  "--checkpoint", json.loads((annotator_dir / "result.json").read_text())["checkpoint"],
-                  "--input-size", str(args.annotator_size), "--batch-size", "64"]
-                 + ([] if args.progress else ["--no-progress"]))
-    if status != 0:
-        raise SystemExit(f"relabel failed with status {status}")
+    relabel_split(store, data_root=args.data_root, ann_file="single/train.txt",
+                  config=str(annotator_dir / "annotator_config.py"),
+                  checkpoint=json.loads((annotator_dir / "result.json").read_text())["checkpoint"],
+                  input_size=args.annotator_size, batch_size=64, progress=args.progress)
     return store
 
 
@@ -162,61 +159,16 @@ def train_target(args, variant: str, seed: int, work: Path, store: Path) -> dict
 
 
 def crop_diagnostic(args, store: Path, out: Path, *, crops_per_image: int = 8, images: int = 1000) -> dict:
-    """How often the pooled target's top class (and the one-hot label) is a digit inside the crop.
-
-    Crops are drawn as the students' ``RandomResizedCrop`` draws them (torchvision's rule:
-    area scale ``CROP_SCALE``, log-uniform aspect ratio ``CROP_RATIO``, 10 tries, then the
-    central fallback); a digit is "in the crop" when its box centre is. Seeded; ``images``
-    training images, ``crops_per_image`` crops each.
-    """
-    from labelwise.data import load_scenes
-    from labelwise.plugins.labelpool.pooling import pool_label_map_numpy
-    from labelwise.plugins.labelpool.store import LabelMapStore
+    """:func:`labelwise.workflows.labelpool.pooled_target_diagnostic` of the train split, cached in ``out``."""
     from labelwise.utils.fileio import write_json
+    from labelwise.workflows.labelpool import pooled_target_diagnostic
 
     if out.exists():
         return json.loads(out.read_text())
-    scenes = load_scenes(args.data_root, "train")[:images]
-    maps = LabelMapStore(store, num_classes=10)
-    rng = np.random.default_rng(0)
-    size = 64
-    counts = {"crops": 0, "pooled_top_in_crop": 0, "label_in_crop": 0, "pooled_top_is_label": 0,
-              "crops_without_label": 0, "pooled_top_in_crop_when_label_is_not": 0, "crops_without_any_digit": 0}
-    for scene in scenes:
-        scores, ids = maps.get(scene["id"])
-        label = scene["objects"][scene["main"]]["class"]  # "main" indexes the objects
-        for _ in range(crops_per_image):
-            top, left, h, w = _random_resized_crop(rng, size, size)
-            inside = {o["class"] for o in scene["objects"]
-                      if top <= (o["box"][1] + o["box"][3]) / 2 < top + h and left <= (o["box"][0] + o["box"][2]) / 2 < left + w}
-            box = (left / size, top / size, (left + w) / size, (top + h) / size)
-            pooled_top = int(np.argmax(pool_label_map_numpy(scores, ids, box, num_classes=10)))
-            counts["crops"] += 1
-            counts["crops_without_any_digit"] += not inside
-            counts["pooled_top_in_crop"] += pooled_top in inside
-            counts["label_in_crop"] += label in inside
-            counts["pooled_top_is_label"] += pooled_top == label
-            if label not in inside:
-                counts["crops_without_label"] += 1
-                counts["pooled_top_in_crop_when_label_is_not"] += pooled_top in inside
-    result = {**counts, "images": len(scenes), "rule": "a digit is in the crop when its box centre is",
-              "box_format": "scene boxes (x1, y1, x2, y2) in pixels of the 64 px image"}
+    result = pooled_target_diagnostic(store, args.data_root, crops_per_image=crops_per_image, images=images, seed=0,
+                                      scale=CROP_SCALE, ratio=CROP_RATIO)
     write_json(out, result)
     return result
-
-
-def _random_resized_crop(rng, height, width):
-    """torchvision's ``RandomResizedCrop.get_params`` with numpy draws: ``(top, left, h, w)``."""
-    area = height * width
-    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*CROP_SCALE)
-        ratio = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * ratio)))
-        h = int(round(math.sqrt(target / ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    return 0, 0, height, width  # the central fallback of a square image
 
 
 def evaluate_finished_run(args, seed: int, run_dir: Path, done: Path) -> dict:

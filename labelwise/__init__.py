@@ -26,8 +26,9 @@ __all__ = [
     "list_methods",
 ]
 
-# mmengine reads its own checkpoints through labelwise's safe loader (resume / load_from under
-# torch >= 2.6); this imports nothing from mmengine (see labelwise.adapters.mmengine_checkpoint)
-from labelwise.adapters.mmengine_checkpoint import install_when_mmengine_loads as _install  # noqa: E402
+# custom_imports=dict(imports=['labelwise']) in a config run by mmengine: mmengine then reads
+# its checkpoints through labelwise's safe loader. Nothing happens if mmengine is not loaded
+# (importing labelwise never imports it; see labelwise.adapters.mmengine_checkpoint).
+from labelwise.adapters.mmengine_checkpoint import install_if_mmengine_loaded as _install  # noqa: E402
 
 _install()

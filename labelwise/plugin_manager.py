@@ -293,3 +293,27 @@ def _to_method_info(item, plugin_name: str) -> MethodInfo:
         f"plugin {plugin_name!r} declared a method as {type(item).__name__}; "
         "expected labelwise.MethodInfo or a dict"
     )
+
+
+def table_types(*tables) -> tuple[str, ...]:
+    """``('labelwise.Name', ...)`` of registration tables ``{registry name: (class names)}``, in order, once each.
+
+    A plugin keeps one table per method and derives both its :attr:`MethodInfo.types` and its
+    registrations from it (:func:`register_table`), so the two cannot drift apart.
+    """
+    names = []
+    for table in tables:
+        for classes in table.values():
+            names.extend(f"labelwise.{name}" for name in classes if f"labelwise.{name}" not in names)
+    return tuple(names)
+
+
+def register_table(registries, module, *tables) -> None:
+    """Register ``module``'s classes named in ``tables`` into ``registries`` (e.g. ``registries.MODELS``)."""
+    done = set()
+    for table in tables:
+        for registry, classes in table.items():
+            for name in classes:
+                if (registry, name) not in done:
+                    getattr(registries, registry).register_module(module=getattr(module, name))
+                    done.add((registry, name))

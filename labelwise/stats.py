@@ -14,20 +14,34 @@ where that interval lies above zero::
 
 The interval assumes the per-seed differences are roughly normal; with five seeds it is the
 usual choice, and it is wide on purpose when the seeds disagree.
+
+A single run has no seed spread; :func:`paired_bootstrap` gives the other half of the noise:
+how much the change could move if the test images had been drawn again (both models scored on
+the same resampled images). It does not cover seed-to-seed variation.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from labelwise.errors import ConfigError
 
-__all__ = ["Comparison", "compare", "summarize", "t_quantile"]
+__all__ = ["BootstrapInterval", "Comparison", "compare", "paired_bootstrap", "summarize", "t_quantile",
+           "weighted_average_precision"]
 
 #: Verdicts of :attr:`Comparison.verdict`.
 HELPS, HURTS, WITHIN_NOISE, ONE_SEED = "helps", "hurts", "within noise", "one seed: no interval"
+
+
+def _verdict(low: float, high: float) -> str:
+    return HELPS if low > 0 else HURTS if high < 0 else WITHIN_NOISE
+
+
+def _interval(low: float, high: float, digits: int) -> str:
+    return f"[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def t_quantile(q: float, df: int) -> float:
@@ -69,19 +83,11 @@ class Comparison:
     @property
     def verdict(self) -> str:
         """``'helps'`` (interval above 0), ``'hurts'`` (below 0), ``'within noise'``, or one seed."""
-        if self.seeds < 2:
-            return ONE_SEED
-        if self.low > 0:
-            return HELPS
-        if self.high < 0:
-            return HURTS
-        return WITHIN_NOISE
+        return ONE_SEED if self.seeds < 2 else _verdict(self.low, self.high)
 
     def interval(self, digits: int = 2) -> str:
         """``[+0.68, +6.19]`` (or ``n/a`` for one seed)."""
-        if self.seeds < 2:
-            return "n/a"
-        return f"[{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+        return "n/a" if self.seeds < 2 else _interval(self.low, self.high, digits)
 
     def row(self, digits: int = 2) -> dict:
         """The cells of a results table: baseline, method, change, interval, verdict."""
@@ -140,3 +146,103 @@ def _values(values, name: str) -> np.ndarray:
 
 def _json_float(x: float):
     return None if math.isnan(x) else x
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """The change of a metric between two models scored on the same test samples, with its
+    percentile bootstrap interval over resampled test sets.
+
+    Attributes:
+        delta: the change on the test set itself (method - baseline, metric units).
+        low, high: the ``level`` percentile interval of the change over ``resamples`` resampled test sets.
+    """
+
+    delta: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+    @property
+    def verdict(self) -> str:
+        """``'helps'`` (interval above 0), ``'hurts'`` (below 0) or ``'within noise'``."""
+        return _verdict(self.low, self.high)
+
+    def interval(self, digits: int = 2) -> str:
+        return _interval(self.low, self.high, digits)
+
+    def as_dict(self) -> dict:
+        return {"delta": self.delta, "low": self.low, "high": self.high, "level": self.level,
+                "resamples": self.resamples, "verdict": self.verdict}
+
+
+def weighted_average_precision(scores, labels, weights) -> np.ndarray:
+    """Average precision of one class for several weightings of the same samples at once.
+
+    Step-wise AP with tied scores grouped (scikit-learn's definition), each sample counted
+    ``weights[b, i]`` times in weighting ``b``: with all weights 1 it equals
+    :func:`sklearn.metrics.average_precision_score`.
+
+    Args:
+        scores: ``(N,)`` real scores; labels: ``(N,)`` 0 / 1; weights: ``(B, N)`` non-negative counts.
+
+    Returns:
+        ``(B,)`` float64; NaN for a weighting without a positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y, w = scores[order], labels[order], weights[:, order]
+    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last index of each group of tied scores
+    tp = np.cumsum(w * y, axis=1)[:, ends]
+    seen = np.cumsum(w, axis=1)[:, ends]
+    positives = tp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(seen > 0, tp / np.where(seen > 0, seen, 1), 0.0)
+        recall_step = np.diff(np.concatenate([np.zeros_like(positives), tp], axis=1), axis=1) / positives
+        ap = (recall_step * precision).sum(axis=1)
+    return np.where(positives[:, 0] > 0, ap, np.nan)
+
+
+def paired_bootstrap(method_scores, baseline_scores, labels, *, resamples: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> BootstrapInterval:
+    """The change from ``baseline_scores`` to ``method_scores`` on the same test samples, with a
+    paired percentile bootstrap interval over resampled test sets.
+
+    The metric follows the labels: ``labels (N,)`` class ids -> top-1 accuracy (%); ``labels
+    (N, C)`` 0 / 1 -> mAP (%) over the classes with a positive (AP as
+    :func:`weighted_average_precision`). Each resample draws ``N`` test samples with
+    replacement and scores both models on the same draw, so what the two share cancels.
+
+    Raises:
+        ConfigError: shapes that do not match, fewer than 2 samples, or ``level`` outside (0, 1).
+    """
+    m = np.asarray(method_scores, dtype=np.float64)
+    b = np.asarray(baseline_scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if m.shape != b.shape or m.ndim != 2 or y.shape[0] != m.shape[0] or y.ndim not in (1, 2):
+        raise ConfigError(f"expected method and baseline scores (N, C) and labels (N,) or (N, C), got "
+                          f"{m.shape}, {b.shape} and {y.shape}")
+    if y.ndim == 2 and y.shape != m.shape:
+        raise ConfigError(f"multi-label labels {y.shape} must have the scores' shape {m.shape}")
+    if len(y) < 2:
+        raise ConfigError("a bootstrap needs at least 2 test samples")
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"level must be in (0, 1), got {level!r}")
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    counts = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)])
+    if y.ndim == 1:
+        gain = (m.argmax(1) == y).astype(float) - (b.argmax(1) == y).astype(float)
+        deltas = 100.0 * counts @ gain / n
+    else:
+        ap = lambda s: np.stack([weighted_average_precision(s[:, c], y[:, c], counts)  # noqa: E731
+                                 for c in range(y.shape[1])], axis=1)
+        with warnings.catch_warnings():  # a resample may hold no positive of any class: NaN, dropped below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            deltas = 100.0 * (np.nanmean(ap(m), axis=1) - np.nanmean(ap(b), axis=1))
+        deltas = np.concatenate([deltas[:1], deltas[1:][~np.isnan(deltas[1:])]])
+    low, high = np.quantile(deltas[1:], [(1 - level) / 2, (1 + level) / 2])
+    return BootstrapInterval(float(deltas[0]), float(low), float(high), level, int(resamples))

@@ -72,13 +72,24 @@ def test_installing_twice_is_a_no_op():
     assert CheckpointLoader._schemes[""] is load_from_local
 
 
-def test_installed_whatever_the_import_order():
-    code = ("import labelwise, sys\n"
-            "assert 'mmengine' not in sys.modules  # importing labelwise stays cheap\n"
-            "from mmengine.runner.checkpoint import CheckpointLoader\n"
-            "print(CheckpointLoader._schemes[''].__module__)\n")
-    assert run_python("-c", code).stdout.strip() == "labelwise.adapters.mmengine_checkpoint"
+def test_installed_by_the_entry_points_without_an_import_hook():
+    early = ("import sys\n"
+             "before = list(sys.meta_path)\n"
+             "import labelwise\n"
+             "assert 'mmengine' not in sys.modules  # importing labelwise stays cheap\n"
+             "assert sys.meta_path == before  # and adds no import hook\n"
+             "from mmengine.runner.checkpoint import CheckpointLoader\n"
+             "print(CheckpointLoader._schemes[''].__module__)\n"
+             "import labelwise.registry  # what mmengine imports for a 'labelwise.' type\n"
+             "print(CheckpointLoader._schemes[''].__module__)\n")
+    assert run_python("-c", early).stdout.split() == ["mmengine.runner.checkpoint",
+                                                      "labelwise.adapters.mmengine_checkpoint"]
+    # custom_imports=['labelwise'] in a config run by mmengine: mmengine is loaded first
     late = ("from mmengine.runner.checkpoint import CheckpointLoader\n"
             "import labelwise\n"
             "print(CheckpointLoader._schemes[''].__module__)\n")
     assert run_python("-c", late).stdout.strip() == "labelwise.adapters.mmengine_checkpoint"
+    adapters = ("import labelwise.adapters.mmpretrain\n"
+                "from mmengine.runner.checkpoint import CheckpointLoader\n"
+                "print(CheckpointLoader._schemes[''].__module__)\n")
+    assert run_python("-c", adapters).stdout.strip() == "labelwise.adapters.mmengine_checkpoint"

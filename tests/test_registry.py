@@ -53,3 +53,26 @@ def test_register_plugin_modules_is_idempotent():
     Other.__name__ = "PartialMultiLabelDataset"
     with pytest.raises(KeyError, match="PartialMultiLabelDataset"):
         reg.DATASETS.register_module(module=Other)
+
+
+@pytest.mark.parametrize("method", [m.name for m in __import__("labelwise").list_methods()])
+def test_every_declared_type_is_registered(method):
+    """Each method's MethodInfo.types come from its registration table: every one resolves by scope."""
+    import labelwise
+    import labelwise.registry as reg
+    from labelwise.plugin_manager import register_table, table_types
+
+    info = next(m for m in labelwise.list_methods() if m.name == method)
+    assert info.types
+    reg.register_plugin_modules()
+    registries = [getattr(reg.REGISTRIES, name) for name in vars(reg.REGISTRIES)]
+    for name in info.types:
+        short = name.split(".", 1)[1]
+        assert any(r.get(short) is not None for r in registries), f"{name} of {method} is not registered"
+    # the helpers by hand
+    assert table_types({"MODELS": ("A", "B")}, {"HOOKS": ("B", "C")}) == ("labelwise.A", "labelwise.B", "labelwise.C")
+    seen = []
+    fake = type("R", (), {"register_module": lambda self, module: seen.append(module)})()
+    register_table(type("Regs", (), {"MODELS": fake, "HOOKS": fake})(), type("M", (), {"A": 1, "B": 2})(),
+                   {"MODELS": ("A", "B")}, {"MODELS": ("A",), "HOOKS": ("B",)})
+    assert seen == [1, 2, 2]

@@ -56,3 +56,47 @@ def test_bad_input(args, message):
         compare(*args)
     with pytest.raises(ConfigError, match="level must be in"):
         compare([1, 2], [1, 2], level=1.5)
+
+
+def test_weighted_average_precision_by_hand_and_against_sklearn():
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    from labelwise.stats import weighted_average_precision
+
+    # scores 3, 2, 2, 1 with labels 1, 0, 1, 0: ties grouped -> recall 1/2 at precision 1, then 1/2 at 2/3
+    ap = weighted_average_precision([3, 2, 2, 1], [1, 0, 1, 0], np.ones((1, 4)))
+    assert ap[0] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # weights are counts: the same as repeating the samples
+    rng = np.random.default_rng(0)
+    scores, labels = rng.integers(0, 6, 40).astype(float), rng.integers(0, 2, 40)
+    counts = rng.integers(0, 3, (3, 40))
+    for w in counts:
+        idx = np.repeat(np.arange(40), w)
+        assert weighted_average_precision(scores, labels, w[None])[0] == \
+            pytest.approx(average_precision_score(labels[idx], scores[idx]))
+    assert np.isnan(weighted_average_precision([1, 2], [0, 0], np.ones((1, 2)))[0])  # no positive
+
+
+def test_paired_bootstrap_top1_and_map():
+    import numpy as np
+
+    from labelwise.stats import paired_bootstrap
+
+    labels = np.array([0, 1, 2, 0])
+    right = np.eye(3)[labels]
+    wrong = np.eye(3)[(labels + 1) % 3]
+    same = paired_bootstrap(right, right, labels)
+    assert (same.delta, same.low, same.high, same.verdict) == (0.0, 0.0, 0.0, "within noise")
+    better = paired_bootstrap(right, wrong, labels)  # every resample: 100 % against 0 %
+    assert (better.delta, better.low, better.high, better.verdict) == (100.0, 100.0, 100.0, "helps")
+    half = paired_bootstrap(np.vstack([right[:2], wrong[2:]]), wrong, labels, resamples=2000, seed=1)
+    # 2 of 4 images gained: a resample holding neither (1/16 of them) shows no gain, so 4 images cannot tell
+    assert (half.delta, half.low, half.high, half.verdict) == (50.0, 0.0, 100.0, "within noise")
+    assert paired_bootstrap(wrong, right, labels).verdict == "hurts"
+    multi = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    perfect, reversed_ = multi + 0.1 * np.arange(4)[:, None], -multi.astype(float)
+    m = paired_bootstrap(perfect, reversed_, multi)
+    assert m.delta > 0 and m.as_dict()["verdict"] == m.verdict
+    with pytest.raises(ConfigError, match="scores"):
+        paired_bootstrap(right, right[:3], labels)

@@ -22,16 +22,20 @@ cache, rank 0 first in a distributed run) and reads it with
 ``last_checkpoint`` naming a URL included) and ``init_cfg=dict(type='Pretrained', ...)``,
 which all go through ``CheckpointLoader``.
 
-Importing :mod:`labelwise` installs it: at once if ``mmengine.runner.checkpoint`` is already
-imported (the case of ``custom_imports=dict(imports=['labelwise'])`` in a config run by
-mmengine's Runner or mmpretrain's ``tools/train.py``), otherwise right after mmengine imports
-that module (:func:`install_when_mmengine_loads`, a one-shot import hook; importing labelwise
-does not import mmengine). Importing :mod:`labelwise.registry` or
-:mod:`labelwise.adapters.mmpretrain` installs it too.
+Where it is installed (idempotent; no import hook, nothing added to ``sys.meta_path``):
+
+- importing :mod:`labelwise` when ``mmengine.runner.checkpoint`` is already imported: the case
+  of ``custom_imports=dict(imports=['labelwise'])`` in a config run by mmengine's Runner or
+  mmpretrain's ``tools/train.py`` (:func:`install_if_mmengine_loaded`; importing labelwise
+  never imports mmengine itself);
+- importing :mod:`labelwise.registry` (mmengine does when a config names a ``labelwise.``
+  type, before any checkpoint is read) or :mod:`labelwise.adapters.mmpretrain` (every labelwise
+  command, workflow and training function that runs mmengine goes through it);
+- calling :func:`install_safe_checkpoint_loader` yourself, e.g. in a script that imports
+  labelwise before mmengine and builds a Runner from a config without ``labelwise.`` types.
 """
 from __future__ import annotations
 
-import importlib.abc
 import logging
 import os
 import os.path as osp
@@ -275,31 +279,13 @@ def install_safe_checkpoint_loader() -> bool:
 _CHECKPOINT_MODULE = "mmengine.runner.checkpoint"
 
 
-class _InstallAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; wraps the loader of mmengine's checkpoint module so that the safe
-    loader is installed as soon as that module has run."""
+def install_if_mmengine_loaded() -> bool:
+    """Install the safe loader if mmengine's checkpoint module is already imported (else do nothing).
 
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _CHECKPOINT_MODULE:
-            return None
-        sys.meta_path.remove(self)  # one shot; also avoids finding ourselves below
-        for finder in sys.meta_path:
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                original = spec.loader.exec_module
-
-                def exec_module(module, _original=original):
-                    _original(module)
-                    install_safe_checkpoint_loader()
-
-                spec.loader.exec_module = exec_module
-                return spec
-        return None
-
-
-def install_when_mmengine_loads() -> None:
-    """Install the safe loader now if mmengine's checkpoint module is loaded, else when it is."""
-    if _CHECKPOINT_MODULE in sys.modules:
-        install_safe_checkpoint_loader()
-    elif not any(isinstance(f, _InstallAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _InstallAfterImport())
+    Returns:
+        True if it is installed now (by this call or an earlier one).
+    """
+    if _CHECKPOINT_MODULE not in sys.modules:
+        return False
+    install_safe_checkpoint_loader()
+    return True

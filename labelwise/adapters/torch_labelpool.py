@@ -68,7 +68,7 @@ class LabelPoolingDataset(torch.utils.data.Dataset):
         keys: store key of each sample; default ``dataset.ids`` (image paths relative to the
             dataset root, as :class:`~labelwise.adapters.torch_data.DigitScenesDataset` has).
         coord_order: ``'xy'`` (default) or ``'reference'`` (see ``pooling.COORD_ORDERS``).
-        layout, key_depth: see :func:`labelwise.plugins.labelpool.store.open_label_maps`.
+        layout, key_depth: see :func:`labelwise.plugins.labelpool.reference.open_label_maps`.
 
     ``dataset[i]`` is ``(image, target)``, ``target`` float32 ``(C,)`` summing to 1.
     """
@@ -76,7 +76,7 @@ class LabelPoolingDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, label_maps, *, num_classes: int, crop=None, transform=None,
                  keys=None, coord_order: str = "xy", layout: str = "store", key_depth: int | None = 2):
         from labelwise.plugins.labelpool.pooling import COORD_ORDERS
-        from labelwise.plugins.labelpool.store import open_label_maps
+        from labelwise.plugins.labelpool.reference import open_label_maps
 
         if coord_order not in COORD_ORDERS:
             raise ConfigError(f"coord_order must be one of {', '.join(COORD_ORDERS)}, got {coord_order!r}")

@@ -6,11 +6,15 @@ this module holds the pixel work.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelwise.data.scenes import ALPHA_MIN
+if TYPE_CHECKING:  # annotations only: scenes imports this module
+    from labelwise.data.scenes import SceneConfig
 
+#: Upscaled digit intensities (0..1) at or below this are not drawn (``labelwise.data.scenes.ALPHA_MIN``).
+ALPHA_MIN = 0.05
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
 _MAX_TRIES = 60  # random positions tried per digit size
 _SHRINK = 0.85  # a digit that does not fit is shrunk by this factor (down to digit_size[0])

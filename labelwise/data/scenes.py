@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labelwise.data.render import ALPHA_MIN, render_scene  # noqa: F401  (ALPHA_MIN: part of this module's API)
 from labelwise.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(c) for c in range(NUM_CLASSES))
-ALPHA_MIN = 0.05  # upscaled digit intensities (0..1) at or below this are not drawn
 
 
 
@@ -269,5 +269,3 @@ def _check_config(c: SceneConfig) -> None:
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
-
-from labelwise.data.render import render_scene  # noqa: E402  (render needs ALPHA_MIN above)

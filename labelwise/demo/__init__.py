@@ -1,17 +1,24 @@
-"""``labelwise demo``: the five methods against their baselines on the built-in digit scenes.
+"""``labelwise demo``: the five methods against their baselines on the built-in digit scenes,
+each in the setting it was made for, at a size this machine runs in minutes.
 
-First a "pretrained" backbone P is trained on single labels of a second, disjoint set of
-scenes (the digit-scenes stand-in for ImageNet pretraining, as ``benchmarks/pretrain_backbone.py``).
-Then, per seed: the ``single`` baseline (checkpoint A) is the baseline of LabelPooling and
-Label Refinery, ReLabel's annotator and the refinery of generation 2; CleanNet, on P's features
-(the stand-in for the paper's ImageNet features), scores the ``noisy-symmetric-r0.2`` training
-set and reweights a new run against the noisy baseline; PU-MLC and the
-"assume negative" baseline on ``partial-p0.3`` both start from P; CFT calibrates that
-baseline's final layer, whose ONNX export is checked with onnxruntime. In the quick and tiny
-modes every run starts from P (a few epochs from scratch stay at chance level); in the full
-mode only the partial-label runs do, as in docs/benchmarks.md. Every training run goes
-through mmengine's Runner (:func:`labelwise.train.train_baseline`). Every finished step
-leaves a file under the output folder and is reused when the demo runs again.
+The models the methods need first (:mod:`labelwise.demo.models`) come with the package for the
+quick demo (trained once by ``python -m labelwise.demo.models``, checked by SHA-256, read by
+the safe loader); the tiny and full modes train them on the spot. Then:
+
+* **LabelPooling**: the ``single`` baseline from P against LabelPooling from P, whose targets
+  are pooled from the label maps of a stronger annotator (extra multi-label data, output
+  stride 16: 4x4 maps at 64 px);
+* **Label Refinery**: a half-width student from its backbone, on ground truth and refined
+  online by the larger refinery;
+* **CleanNet**: on ``noisy-scene-r0.4`` (a wrong label is another digit of the same scene),
+  CleanNet on P's features reweights a run against the noisy baseline, both from P;
+* **PU-MLC**: on ``partial-p0.3``, the reference recipe against "assume negative", both from P;
+* **CFT**: calibrates the assume-negative head; its ONNX export is checked with onnxruntime.
+
+Every training run goes through mmengine's Runner (:func:`labelwise.train.train_baseline`)
+and writes its test scores, so every row gets a paired bootstrap interval over the test
+images, and with several seeds the paired t-interval over seeds (:mod:`labelwise.stats`).
+Every finished step leaves a file under the output folder and is reused when the demo runs again.
 """
 from __future__ import annotations
 
@@ -42,13 +49,16 @@ class DemoMode:
         seeds: one full chain of runs per seed.
         cleannet_steps: CleanNet SGD steps (the learning rate drops 10x at half of them).
         cft_epochs, cft_patience: CFT generations / steps per category and early stopping.
-        width: base channels of the ResNet-18 (``None``: the config's).
+        pretrain_train, pretrain_epochs: the disjoint scenes (data seed 1) and the schedule
+            of the backbones P and P-small (:mod:`labelwise.demo.models`).
+        width, small_width: base channels of the ResNet-18s: every run, and the Label
+            Refinery student (``None``: the config's).
+        annotator_extra_epochs, annotator_epochs: ReLabel's annotator: epochs on the disjoint
+            scenes' multi-labels, then on the demo's single labels.
+        refinery_epochs: the refinery's epochs on the demo's single labels.
         workers: data-loading workers of the Runner (``None``: the config's).
-        pretrain_train, pretrain_epochs, pretrain_batch: the "pretrained" backbone P, trained
-            on ``single`` labels of a second, disjoint set of scenes (data seed 1), as
-            ``benchmarks/pretrain_backbone.py`` does.
-        pretrain_all: every run starts from P (else only the partial-label runs, as in the
-            benchmarks; from scratch they stay at the constant-score floor).
+        shipped: use the models shipped in ``labelwise/demo/models/<name>`` (else train them
+            into the output folder).
     """
 
     name: str
@@ -62,19 +72,20 @@ class DemoMode:
     cft_epochs: int
     cft_patience: int
     pretrain_train: int = 5000
-    pretrain_epochs: int = 10
-    pretrain_batch: int = 64
-    pretrain_all: bool = False
+    pretrain_epochs: int = 20
     width: int | None = None
+    small_width: int | None = None
+    annotator_extra_epochs: int = 10
+    annotator_epochs: int = 10
+    refinery_epochs: int = 20
     workers: int | None = None
+    shipped: bool = False
 
-    def model_options(self) -> dict:
-        """``cfg_options`` applied to every run (architecture and loaders)."""
-        options = {}
-        if self.width is not None:
-            options.update({"model.backbone.stem_channels": 2 * self.width,
-                            "model.backbone.base_channels": self.width,
-                            "model.head.in_channels": 8 * self.width})
+    def model_options(self, width: int | None = "mode") -> dict:
+        """``cfg_options`` applied to every run: the architecture (``width``, default the mode's) and loaders."""
+        from labelwise.demo.models import width_options
+
+        options = width_options(self.width if width == "mode" else width)
         if self.workers is not None:
             for split in ("train", "test"):
                 options[f"{split}_dataloader.num_workers"] = self.workers
@@ -83,21 +94,22 @@ class DemoMode:
 
 
 MODES = {
-    # seconds: checks that every step runs; the numbers mean nothing
+    # a minute or two: checks that every step runs, its models trained on the spot; the numbers mean nothing
     "tiny": DemoMode("tiny", num_train=160, num_val=80, num_test=80, verified_fraction=0.25, epochs=1, seeds=(0,),
                      cleannet_steps=100, cft_epochs=20, cft_patience=5, pretrain_train=160, pretrain_epochs=1,
-                     pretrain_all=True, width=8, workers=0),
-    # about 9 minutes on 2 idle CPU cores (522 s measured, 175 s of it for P); one seed, so the
-    # deltas are noisy. From scratch, a few epochs on
-    # 1,200 images stay on the initial plateau (chance level), so every run fine-tunes P. P needs
-    # about 900 steps of batch 64 to leave the plateau: 10 epochs at batch 32 gave 24% top-1 on
-    # its own test split, 20 epochs at batch 64 gave 60.4% (width 16, 3,000 scenes, seed 0).
+                     width=8, small_width=4, annotator_extra_epochs=1, annotator_epochs=1, refinery_epochs=1,
+                     workers=0),
+    # the default: at most 10 minutes on 2 idle CPU cores, with the models of labelwise/demo/models/quick
+    # (built once by `python -m labelwise.demo.models`); every run fine-tunes one of them
     "quick": DemoMode("quick", num_train=1200, num_val=300, num_test=500, verified_fraction=0.1, epochs=4,
-                      seeds=(0,), cleannet_steps=3000, cft_epochs=300, cft_patience=100, pretrain_train=3000,
-                      pretrain_epochs=20, pretrain_batch=64, pretrain_all=True, width=16),
-    # the benchmark protocol: default data, 10 epochs, 3 seeds, the reference schedules (hours)
-    "full": DemoMode("full", num_train=5000, num_val=600, num_test=1000, verified_fraction=0.05, epochs=10,
-                     seeds=(0, 1, 2), cleannet_steps=60000, cft_epochs=5000, cft_patience=300),
+                      seeds=(0,), cleannet_steps=3000, cft_epochs=300, cft_patience=100, pretrain_train=5000,
+                      pretrain_epochs=20, width=16, small_width=8, annotator_extra_epochs=10, annotator_epochs=10,
+                      refinery_epochs=20, shipped=True),
+    # the benchmark sizes: default data, the single-label schedule, five seeds, the reference
+    # schedules, its models trained on the spot (many hours)
+    "full": DemoMode("full", num_train=5000, num_val=600, num_test=1000, verified_fraction=0.05, epochs=20,
+                     seeds=(0, 1, 2, 3, 4), cleannet_steps=60000, cft_epochs=5000, cft_patience=300,
+                     width=32, small_width=16, annotator_extra_epochs=10, annotator_epochs=20, refinery_epochs=20),
 }
 
 
@@ -183,13 +195,30 @@ def run_demo(out_dir, *, mode: str = "quick", log=None) -> dict:
     start = time.perf_counter()
     out = Path(out_dir)
     check_out_dir(out, m)
-    steps = Steps(3 + methods.STEPS_PER_SEED * len(m.seeds), log, timings=out / "timings.json")
+    from labelwise.demo import models as demo_models
+
+    build = 0 if m.shipped else 1 + len(demo_models.specs(m))
+    steps = Steps(1 + build + methods.SHARED_STEPS + methods.STEPS_PER_SEED * len(m.seeds), log,
+                  timings=out / "timings.json")
     data_root = out / "data"
     steps.run(f"data: generating the digit scenes ({m.num_train} train / {m.num_val} val / {m.num_test} test)",
               data_root / "labelwise-data.json", lambda: methods.make_data(data_root, m))
-    pretrained = methods.pretrain(out / "pretrain", m, steps)
-    per_seed = [methods.run_seed(out / f"seed{seed}", data_root, m, seed, steps, pretrained=pretrained)
+    if m.shipped:
+        folder = demo_models.SHIPPED / m.name
+        log(f"models: the shipped models of {folder} (SHA-256 checked against {demo_models.MANIFEST})")
+    else:
+        folder = out / "models"
+        if not (folder / demo_models.MANIFEST).exists():
+            demo_models.build_models(folder, m, work=out / "models-work", demo_data=data_root, steps=steps, log=log)
+        else:
+            steps.done += build
+            steps.reused += build
+    models = demo_models.prepare_models(folder, m, data_root=data_root, work=out / "model-configs")
+    shared = methods.shared_steps(out / "shared", data_root, m, steps, models=models)
+    per_seed = [methods.run_seed(out / f"seed{seed}", data_root, m, seed, steps, models=models, shared=shared)
                 for seed in m.seeds]
+    pretrained = {name: {k: v for k, v in entry.items() if k not in ("cfg_options",)} for name, entry in models.items()}
+    pretrained["diagnostic"] = json.loads((out / "shared" / "labelmaps-diagnostic.json").read_text())
     rows = report.table_rows(per_seed)
     table = report.format_table(rows)
     seconds = time.perf_counter() - start
@@ -198,10 +227,11 @@ def run_demo(out_dir, *, mode: str = "quick", log=None) -> dict:
     print(f"\nlabelwise demo ({mode}): each method against its baseline on the digit scenes "
           f"(test split: full, clean labels; {len(m.seeds)} seed{'s' if len(m.seeds) > 1 else ''})\n")
     print(table)
+    print("\n" + "\n".join(report.verdict_lines(rows)))
     for seed, check in zip(m.seeds, onnx):
         print(f"\n{report.onnx_line(seed, check)}")
     report.write_summary(out, m, table, onnx, plots, per_seed, seconds=seconds, reused=steps.reused,
-                         step_seconds=steps.seconds, pretrained=pretrained)
+                         step_seconds=steps.seconds, pretrained=pretrained, rows=rows)
     write_json(out / "results.json", {"mode": mode, "rows": rows, "per_seed": per_seed, "plots": plots,
                                       "pretrained": pretrained})
     print(f"\nsummary: {out / 'summary.md'}")

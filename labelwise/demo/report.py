@@ -10,11 +10,14 @@ from labelwise.utils.fileio import atomic_write, write_figure
 #: (method, regime, metric, baseline key, method key) of the table rows, in order.
 ROWS = (
     ("LabelPooling", "single", "top-1", "single", "labelpool"),
-    ("Label Refinery", "single", "top-1", "single", "refinery"),
-    ("CleanNet", "noisy-symmetric-r0.2", "top-1", "noisy", "cleannet"),
+    ("Label Refinery", "single", "top-1", "small", "refinery"),
+    ("CleanNet", "noisy-scene-r0.4", "top-1", "noisy", "cleannet"),
     ("PU-MLC", "partial-p0.3", "mAP", "partial", "pumlc"),
-    ("CFT", "partial-p0.3", "mAP", "cft_before", "cft_after"),
+    ("CFT", "partial-p0.3", "mAP", "cft_before", "cft_after"),  # on the PU-MLC run's head
 )
+#: the bootstrap entry of each row (keyed by the method key; CFT's by "cft")
+_BOOTSTRAP_KEY = {"labelpool": "labelpool", "refinery": "refinery", "cleannet": "cleannet", "pumlc": "pumlc",
+                  "cft_after": "cft"}
 
 
 def _value(seed_result: dict, key: str) -> float:
@@ -32,7 +35,8 @@ def table_rows(per_seed: list) -> list:
         base = [_value(r, base_key) for r in per_seed]
         ours = [_value(r, method_key) for r in per_seed]
         rows.append({"method": method, "regime": regime, "metric": metric, "baseline": base, "value": ours,
-                     "delta": [o - b for o, b in zip(ours, base)]})
+                     "delta": [o - b for o, b in zip(ours, base)],
+                     "bootstrap": [r["bootstrap"][_BOOTSTRAP_KEY[method_key]] for r in per_seed]})
     return rows
 
 
@@ -50,31 +54,38 @@ def _delta(values) -> str:
 
 
 def format_table(rows: list) -> str:
-    """Markdown table: method, regime, metric, baseline, method, delta (mean ± std over seeds).
+    """Markdown table: method, regime, metric, baseline, method, delta (mean ± std over seeds), and the noise.
 
-    With more than one seed, two more columns: the 95 % confidence interval of the paired delta
-    and its verdict (:mod:`labelwise.stats`: "helps" only where the interval excludes zero).
+    One seed: the 95 % paired bootstrap interval of the delta over the test images and its
+    verdict (test-set noise only). Several seeds: the 95 % confidence interval of the paired
+    delta over seeds and its verdict (:mod:`labelwise.stats`: "helps" only where the interval
+    excludes zero).
     """
     from labelwise.stats import compare
 
     several = len(rows[0]["delta"]) > 1 if rows else False
-    head = "| method | regime | metric | baseline | method | delta |"
-    lines = [head + (" 95 % CI | verdict |" if several else ""),
-             "|---|---|---|---:|---:|---:|" + ("---|---|" if several else "")]
+    noise = "95 % CI over seeds | verdict" if several else "95 % CI over test images | verdict"
+    lines = [f"| method | regime | metric | baseline | method | delta | {noise} |",
+             "|---|---|---|---:|---:|---:|---|---|"]
     for r in rows:
         line = (f"| {r['method']} | {r['regime']} | {r['metric']} (%) | {_cell(r['baseline'])} | "
                 f"{_cell(r['value'])} | {_delta(r['delta'])} |")
         if several:
             c = compare(r["value"], r["baseline"])
             line += f" {c.interval()} | {c.verdict} |"
+        else:
+            b = r["bootstrap"][0]
+            line += f" [{b['low']:+.2f}, {b['high']:+.2f}] | {b['verdict']} |"
         lines.append(line)
     return "\n".join(lines)
 
 
 def onnx_line(seed: int, check: dict) -> str:
     return (f"ONNX check (seed {seed}): {Path(check['file']).name} run with onnxruntime on {check['samples']} test "
-            f"feature rows reproduces the calibrated logits: max abs diff {check['max_abs_diff']:.2e} "
-            f"(< {check['tolerance']:g}): {'passed' if check['passed'] else 'FAILED'}")
+            f"feature rows reproduces the calibrated head: logits max abs diff {check['max_abs_diff']:.2e} "
+            f"(tolerance {check['tolerance']:.2g}), probabilities {check['probabilities_diff']:.2e} (tolerance "
+            f"{check['probabilities_tolerance']:.2g}), labels {'equal' if check['labels_agree'] else 'DIFFERENT'}: "
+            f"{'passed' if check['passed'] else 'FAILED'}")
 
 
 def make_plots(out: Path, rows: list, per_seed: list, *, log) -> dict:
@@ -130,54 +141,95 @@ def _save(fig, path: Path) -> str:
     return str(write_figure(path, fig))
 
 
+def verdict_lines(rows: list) -> list:
+    """One line per row saying, from the run's own numbers, whether its delta is larger than the noise."""
+    from labelwise.stats import compare
+
+    lines = []
+    for r in rows:
+        if len(r["delta"]) > 1:
+            c = compare(r["value"], r["baseline"])
+            noise = (f"95 % CI of the paired delta over {c.seeds} seeds {c.interval()}")
+            verdict = c.verdict
+        else:
+            b = r["bootstrap"][0]
+            noise = (f"95 % paired bootstrap interval over the test images [{b['low']:+.2f}, {b['high']:+.2f}] "
+                     f"({b['resamples']} resamples; seed-to-seed noise is not in it)")
+            verdict = b["verdict"]
+        said = {"helps": "larger than the noise: **helps** here",
+                "hurts": "larger than the noise, and negative: **hurts** here",
+                "within noise": "**within noise**: not larger than the noise"}[verdict]
+        lines.append(f"- {r['method']}: delta {np.mean(r['delta']):+.2f} points, {noise}: {said}.")
+    return lines
+
+
 def write_summary(out: Path, mode, table: str, onnx: list, plots: dict, per_seed: list, *, seconds: float,
-                  reused: int, step_seconds: float, pretrained: dict) -> None:
+                  reused: int, step_seconds: float, pretrained: dict, rows: list) -> None:
     seeds = ", ".join(str(r["seed"]) for r in per_seed)
     det = per_seed[0]["detection"]
     maps = per_seed[0]["labelmaps"]
+    diag = pretrained["diagnostic"]
+    p, small, annotator, refinery = (pretrained[k] for k in ("backbone", "backbone-small", "annotator", "refinery"))
+    where = "shipped in the package" if mode.shipped else f"trained by this run into {out / 'models'}"
+    share = lambda key: 100.0 * diag[key] / max(1, diag["crops"])  # noqa: E731
     lines = [
         f"# labelwise demo (`--{mode.name}`)", "",
         f"Data: the built-in digit scenes under `{out / 'data'}`: {mode.num_train} train / {mode.num_val} val / "
         f"{mode.num_test} test images (64x64, 1-3 digits), regimes `single`, `multilabel`, `partial-p0.3`, "
-        f"`noisy-symmetric-r0.2` ({mode.verified_fraction:.0%} of the noisy train and val labels verified). "
-        f"Every run: mmengine's Runner on a built-in config, {mode.epochs} epoch{'s' if mode.epochs != 1 else ''}"
-        + (f", ResNet-18 base width {mode.width}" if mode.width else ", the configs' ResNet-18")
-        + f"; seed(s) {seeds}. Test split: full, clean labels. Time: the steps took {step_seconds:.0f} s "
-        f"when they ran; this invocation {seconds:.0f} s"
+        f"`noisy-scene-r0.4` ({mode.verified_fraction:.0%} of the noisy train and val labels verified). "
+        f"Every run: mmengine's Runner on a built-in config, {mode.epochs} epoch{'s' if mode.epochs != 1 else ''}, "
+        f"fine-tuned from a trained backbone, ResNet-18 base width {mode.width} (the Label Refinery student "
+        f"{mode.small_width}); seed(s) {seeds}. Test split: full, clean labels. Time: the steps took "
+        f"{step_seconds:.0f} s when they ran; this invocation {seconds:.0f} s"
         + (f" ({reused} steps reused from an earlier run)" if reused else "") + ".", "",
-        f"Backbone P: the `single` model trained on {pretrained['train_images']} other scenes (data seed 1, no "
-        f"image shared with the demo data), {pretrained['epochs']} epoch(s), test top-1 {pretrained['top1']:.2f} % "
-        "on its own test split. "
-        + ("Every run below starts from P: from scratch, a few epochs on this little data stay at chance level."
-           if mode.pretrain_all else "The partial-label runs start from P; the others train from scratch, as in "
-           "docs/benchmarks.md."), "",
+        f"Models ({where}; `python -m labelwise.demo.models` rebuilds them, their SHA-256 are checked before use): "
+        f"P, the backbone of every run, trained on the `single` labels of {mode.pretrain_train} disjoint scenes "
+        f"(data seed 1), {mode.pretrain_epochs} epochs: test top-1 {p['test']['value']:.2f} % on their test split; "
+        f"P-small (width {small['width']}): {small['test']['value']:.2f} %. ReLabel's annotator (output stride 16): "
+        f"from P, {annotator['trained_on']['extra']['epochs']} epochs on the disjoint scenes' multi-labels (test "
+        f"mAP {annotator['trained_on']['extra']['test_mAP']:.2f}), then {annotator['trained_on']['epochs']} on the "
+        f"demo's single labels: test top-1 {annotator['test']['value']:.2f} %. The refinery (width "
+        f"{refinery['width']}): from P, {refinery['trained_on']['epochs']} epochs on the demo's single labels: test "
+        f"top-1 {refinery['test']['value']:.2f} %.", "",
         f"Machine: {machine()}. The same command on the same machine kind and thread count gives the same "
         "table (the runs are seeded and deterministic on the CPU); another CPU model or thread count changes "
         "float rounding, which a training run can amplify into a different result.", "",
         "## Results", "", table, "",
-        "- LabelPooling and Label Refinery: baseline = the `single` run (checkpoint A), which is also ReLabel's "
-        f"annotator ({maps['map_size'][0]}x{maps['map_size'][1]} maps of the whole image at {maps['input_size']} px, "
-        "top-5) and the refinery of generation 2.",
-        f"- CleanNet: on P's features, {mode.cleannet_steps} steps, {det['weights']} weights. Noise detection on the "
-        f"{det['samples']} unverified noisy training samples (truth from the data): error "
-        f"{100 * det['error']:.1f} % (flag nothing: {100 * det['noise_rate']:.1f} %), threshold "
-        f"{det['threshold']:.3f}, {100 * det['flagged']:.1f} % flagged.",
-        "- PU-MLC: both runs start from P (from scratch, the partial-label runs stay at the constant-score "
-        "floor, see docs/benchmarks.md).",
-        f"- CFT: the assume-negative baseline's final layer, GA and BP ({mode.cft_epochs} epochs, early stopping "
-        f"{mode.cft_patience}), best per category on the known validation labels; test mAP from the "
-        "penultimate features (scikit-learn-style AP, ties grouped), so its baseline differs slightly from "
-        "the PU-MLC row's Runner mAP." + _calibration_sentence(per_seed[0]["cft"]), "",
+        *verdict_lines(rows), "",
+        f"- LabelPooling: targets pooled over each crop from the annotator's {maps['map_size'][0]}x"
+        f"{maps['map_size'][1]} top-{maps['k']} maps of the whole image at {maps['input_size']} px. On "
+        f"{diag['crops']} random crops of the students' distribution ({diag['images']} training images): the "
+        f"pooled target's top class is a digit inside the crop in {share('pooled_top_in_crop'):.1f} % of them, the "
+        f"one-hot label in {share('label_in_crop'):.1f} %; {share('crops_without_label'):.1f} % of the crops miss "
+        "the labelled digit (the scenes keep every digit's box; a digit is in a crop when its box centre is).",
+        f"- Label Refinery: the width-{mode.small_width} student from P-small, with ground truth and with the "
+        f"width-{refinery['width']} refinery's soft targets of each crop (online).",
+        f"- CleanNet: on P's features, {mode.cleannet_steps} steps, {det['weights']} weights; noise where a wrong "
+        f"label is another digit of the same scene. Noise detection on the {det['samples']} unverified noisy "
+        f"training samples (truth from the data): error {100 * det['error']:.1f} % (flag nothing: "
+        f"{100 * det['noise_rate']:.1f} %), threshold {det['threshold']:.3f}, {100 * det['flagged']:.1f} % flagged.",
+        "- PU-MLC: the reference recipe (`configs/pumlc/digits_partial_pumlc_full.py`: PU loss, MixUp "
+        "regulariser, LGC, layers 1-3 frozen, Adam 1e-4, OneCycle over twice the run stopped halfway, EMA over "
+        "the last ~5 % of the steps) against assume-negative (the baseline config), both from P.",
+        f"- CFT: `labelwise.CFTHook` after the PU-MLC run, on the EMA model the Runner evaluates (a well-trained "
+        f"head), GA and BP ({mode.cft_epochs} epochs, early stopping {mode.cft_patience}), best per category on "
+        "the known validation labels; test mAP from the penultimate features (scikit-learn-style AP, ties "
+        "grouped; the PU-MLC row's Runner mAP does not group ties, so the two may differ slightly). In this short "
+        f"schedule ({mode.epochs} epochs, the head at Adam's lr of at most 1e-4) part of CFT's gain is the fit of a "
+        "final layer the run left short of converged, on fixed features: what CFT does after any training run; "
+        "docs/methods/cft.md gives the protocol on longer-trained heads."
+        + _calibration_sentence(per_seed[0]["cft"]), "",
         "## ONNX check", "",
         *[f"- {onnx_line(r['seed'], c)}" for r, c in zip(per_seed, onnx)], "",
         "## Plots", "",
         *([f"- `{Path(p).relative_to(out) if Path(p).is_relative_to(out) else p}`: {name}"
            for name, p in plots.items()] or ["- none (matplotlib is not installed)"]), "",
         "## Caveats", "",
-        ("- One seed: the deltas are noisy (seeds of the same recipe differ by several points). "
+        ("- One seed: the intervals above are test-set noise only; seeds of the same recipe differ by several "
+         "points, which only several seeds show (docs/benchmarks.md has the five-seed runs). "
          if len(per_seed) == 1 else "- Mean ± sample std over seeds; deltas are paired per seed. ")
-        + ("Small data and few epochs: these are not the benchmark figures; see docs/benchmarks.md for "
-           "the 3-seed results." if mode.name != "full" else "See docs/benchmarks.md for the published figures."),
+        + ("Small data and few epochs: these are not the benchmark figures." if mode.name != "full"
+           else "See docs/benchmarks.md for the published figures."),
         *_measured_caveats(out, per_seed),
     ]
     with atomic_write(out / "summary.md", "w") as f:
@@ -212,7 +264,7 @@ def machine() -> str:
 
 
 def _measured_caveats(out: Path, per_seed: list) -> list:
-    """Caveats that follow from this run's own numbers (a baseline that learned nothing, a weak annotator)."""
+    """Caveats that follow from this run's own numbers (a baseline that learned nothing)."""
     from labelwise.data import load_regime
 
     lines = []
@@ -222,10 +274,6 @@ def _measured_caveats(out: Path, per_seed: list) -> list:
     if partial < floor + 5:
         lines.append(f"- The assume-negative baseline ({partial:.2f} mAP) is within 5 points of the constant-score "
                      f"floor ({floor:.2f}: the mean class prevalence of the test split, the mAP of a model that ranks "
-                     "nothing): in this schedule it did not learn to rank, so the PU-MLC and CFT rows compare with "
-                     "an untrained head. docs/benchmarks.md gives the partial-label protocol that trains it.")
-    annotator = float(np.mean([r["single"]["value"] for r in per_seed]))
-    lines.append(f"- ReLabel's annotator and the refinery are the baseline itself (checkpoint A, {annotator:.2f} % "
-                 "top-1): a target is only as good as the model that writes it, and the papers use annotators "
-                 "much stronger than their students (docs/methods/labelpool.md and docs/methods/refinery.md).")
+                     "nothing): in this schedule it did not learn to rank, so the PU-MLC row compares with an "
+                     "untrained head.")
     return lines

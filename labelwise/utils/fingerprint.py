@@ -1,4 +1,4 @@
-"""A cheap content fingerprint of a (checkpoint) file, to tell whether cached results still fit."""
+"""File fingerprints: the SHA-256 of a whole file, and a cheap one of a (checkpoint) file's ends."""
 from __future__ import annotations
 
 import hashlib
@@ -37,3 +37,19 @@ def file_fingerprint(path) -> dict:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return {"bytes": size, "sha256_ends": digest.hexdigest()}
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a whole file (source checkpoint hashes of reports, ONNX metadata, shipped models).
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return digest.hexdigest()

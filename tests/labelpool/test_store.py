@@ -10,7 +10,8 @@ import torch
 
 from labelwise.errors import DataError
 from labelwise.plugins.labelpool.reference import ReferenceLabelMaps, convert_reference_maps
-from labelwise.plugins.labelpool.store import LabelMapStore, LabelMapWriter, open_label_maps
+from labelwise.plugins.labelpool.reference import open_label_maps
+from labelwise.plugins.labelpool.store import LabelMapStore, LabelMapWriter
 
 K, H, W, C = 3, 4, 5, 40
 

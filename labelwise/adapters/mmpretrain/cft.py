@@ -325,7 +325,7 @@ def calibrate_checkpoint(config, checkpoint, out_dir, *, options: CFTOptions | N
         The run's summary (see :meth:`~labelwise.plugins.cft.calibrate.CFTResult.summary`).
     """
     from labelwise.adapters.mmpretrain.runner import build_trained_model
-    from labelwise.plugins.cft.outputs import file_sha256
+    from labelwise.utils.fingerprint import file_sha256
 
     model, cfg = build_trained_model(config, checkpoint, work_dir=out_dir, data_root=data_root)
     model.to(device)

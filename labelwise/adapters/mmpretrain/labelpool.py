@@ -149,7 +149,7 @@ class LabelPooling(BaseTransform):
         self._maps = self._open()  # fail at build time, not in a worker
 
     def _open(self):
-        from labelwise.plugins.labelpool.store import open_label_maps
+        from labelwise.plugins.labelpool.reference import open_label_maps
 
         return open_label_maps(self.label_maps, num_classes=self.num_classes, layout=self.layout,
                                key_depth=self.key_depth)

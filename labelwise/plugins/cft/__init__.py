@@ -7,10 +7,12 @@ Only the pluggy hooks live here; the framework-free core is in this package's mo
 from __future__ import annotations
 
 from labelwise.hookspecs import hookimpl
-from labelwise.plugin_manager import MethodInfo
+from labelwise.plugin_manager import MethodInfo, register_table, table_types
 
 PAPER = ("Category-wise Fine-Tuning: Resisting Incorrect Pseudo-Labels in Multi-Label Image Classification with "
          "Partial Labels (ICONIP 2023), arXiv:2401.16991")
+#: What the plugin registers ({registry: class names of labelwise.adapters.mmpretrain.cft}).
+MM_TYPES = {"HOOKS": ("CFTHook",)}
 
 
 @hookimpl
@@ -21,16 +23,16 @@ def labelwise_methods():
             summary="re-fit each category's final-layer row on known labels only (GA / BP), export a calibrated ONNX head",
             kind="hook",
             paper=PAPER,
-            types=("labelwise.CFTHook",),
+            types=table_types(MM_TYPES),
         ),
     ]
 
 
 @hookimpl
 def labelwise_register_mm_modules(registries):
-    from labelwise.adapters.mmpretrain.cft import CFTHook
+    from labelwise.adapters.mmpretrain import cft
 
-    registries.HOOKS.register_module(module=CFTHook)
+    register_table(registries, cft, MM_TYPES)
 
 
 @hookimpl

@@ -5,39 +5,21 @@ category_seed`), so splitting them over ranks gives the same rows as one process
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from labelwise.plugins.cft.calibrate import CFTResult, fit_calibrated_head
+from labelwise.utils.distributed import is_main_process, join_process_group
 
 __all__ = ["fit_calibrated_head_distributed", "init_from_env", "is_main_process"]
 
 
 def init_from_env(device: str = "cpu") -> bool:
-    """Join the process group that ``torchrun`` describes in the environment, if any.
-
-    Uses gloo for CPU and NCCL for CUDA devices. Returns True when running distributed
-    (``WORLD_SIZE`` > 1).
+    """Join the process group that ``torchrun`` describes in the environment, if any
+    (:func:`labelwise.utils.distributed.join_process_group`). Returns True when running
+    distributed (``WORLD_SIZE`` > 1).
     """
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if not dist.is_initialized():
-        cuda = torch.device(device).type == "cuda"
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return True
-
-
-def is_main_process() -> bool:
-    """True unless this is a ``torch.distributed`` rank other than 0."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return join_process_group(device).world_size > 1
 
 
 def fit_calibrated_head_distributed(train_features, train_labels, val_features, val_labels, weight, bias, *,

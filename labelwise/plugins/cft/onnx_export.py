@@ -83,6 +83,16 @@ class CalibratedHead(nn.Module):
         return cls(result.weight, result.bias, body=body, calibration=result.calibration,
                    thresholds=result.thresholds)
 
+    @classmethod
+    def from_npz(cls, path) -> "CalibratedHead":
+        """The head written to a ``cft_head.npz`` (weight, bias, calibration, thresholds)."""
+        from labelwise.plugins.cft.outputs import load_calibration
+        from labelwise.utils.fileio import read_npz
+
+        arrays = read_npz(path, what="a CFT head (cft_head.npz)")
+        calibration, thresholds = load_calibration(arrays)
+        return cls(arrays["weight"], arrays["bias"], calibration=calibration, thresholds=thresholds)
+
     def forward(self, x):
         features = self.body(x) if self.body is not None else x
         logits = self.linear(features)
@@ -166,6 +176,29 @@ def verify_onnx(path, module: nn.Module, inputs: torch.Tensor) -> float:
     Raises:
         AssertionError: a difference above the tolerance, or labels that differ.
     """
+    report = onnx_parity(path, module, inputs)
+    if not report["logits_diff"] <= report["logits_tolerance"]:
+        raise AssertionError(f"{path}: onnxruntime's logits differ from PyTorch's by {report['logits_diff']:.3g} > "
+                             f"{report['logits_tolerance']:.3g} ({TOLERANCE:g} x the largest |logit|, at least "
+                             f"{TOLERANCE:g})")
+    if not report["probabilities_diff"] <= report["probabilities_tolerance"]:
+        raise AssertionError(f"{path}: onnxruntime's probabilities differ from PyTorch's by "
+                             f"{report['probabilities_diff']:.3g} > {report['probabilities_tolerance']:.3g} (the "
+                             f"logits' tolerance x the calibration's slope {report['slope']:.3g})")
+    if not report["labels_agree"]:
+        raise AssertionError(f"{path}: onnxruntime's labels differ from PyTorch's away from the thresholds")
+    return report["logits_diff"]
+
+
+@torch.no_grad()
+def onnx_parity(path, module: nn.Module, inputs: torch.Tensor) -> dict:
+    """onnxruntime's outputs of ``path`` against ``module``'s on ``inputs``: differences and tolerances.
+
+    Returns:
+        ``{"samples", "logits_diff", "logits_tolerance", "probabilities_diff",
+        "probabilities_tolerance", "slope", "labels_agree", "passed"}`` (the tolerances of
+        :func:`verify_onnx`, which raises where this reports ``passed: False``).
+    """
     _require_onnx()
     import onnxruntime as ort
 
@@ -178,17 +211,12 @@ def verify_onnx(path, module: nn.Module, inputs: torch.Tensor) -> float:
     p_tolerance = tolerance * max(1.0, slope)
     diff = float(np.abs(got["logits"] - logits).max())
     p_diff = float(np.abs(got["probabilities"] - probabilities).max())
-    if not diff <= tolerance:
-        raise AssertionError(f"{path}: onnxruntime's logits differ from PyTorch's by {diff:.3g} > {tolerance:.3g} "
-                             f"({TOLERANCE:g} x the largest |logit|, at least {TOLERANCE:g})")
-    if not p_diff <= p_tolerance:
-        raise AssertionError(f"{path}: onnxruntime's probabilities differ from PyTorch's by {p_diff:.3g} > "
-                             f"{p_tolerance:.3g} (the logits' tolerance x the calibration's slope {slope:.3g})")
     thresholds = module.thresholds.numpy()
     close = np.abs(probabilities - thresholds) <= p_tolerance
-    if not ((got["labels"] == labels) | close).all():
-        raise AssertionError(f"{path}: onnxruntime's labels differ from PyTorch's away from the thresholds")
-    return diff
+    agree = bool(((got["labels"] == labels) | close).all())
+    return {"samples": int(inputs.shape[0]), "logits_diff": diff, "logits_tolerance": tolerance,
+            "probabilities_diff": p_diff, "probabilities_tolerance": p_tolerance, "slope": float(slope),
+            "labels_agree": agree, "passed": bool(diff <= tolerance and p_diff <= p_tolerance and agree)}
 
 
 def read_metadata(path) -> dict:

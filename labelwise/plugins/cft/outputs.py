@@ -4,7 +4,6 @@ Every file is written atomically (temporary file, then rename).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -12,20 +11,12 @@ import numpy as np
 import torch
 
 from labelwise.utils.fileio import atomic_write, write_figure, write_json
+from labelwise.utils.fingerprint import file_sha256  # noqa: F401  (re-exported: part of this module's API)
 
 __all__ = ["OUTPUT_FILES", "calibration_arrays", "file_sha256", "load_calibration", "plot_scores", "write_outputs"]
 
 #: File names written by :func:`write_outputs` inside the output directory.
 OUTPUT_FILES = {"head": "cft_head.npz", "report": "cft_report.json", "plot": "cft_scores.png", "onnx": "cft_head.onnx"}
-
-
-def file_sha256(path) -> str:
-    """SHA-256 hex digest of a file (the "source checkpoint hash" of reports and ONNX metadata)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plot_scores(categories: list, path, *, metric: str) -> Path:

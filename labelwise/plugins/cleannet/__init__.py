@@ -12,7 +12,7 @@ timm glue: :mod:`labelwise.adapters.timm.cleannet`.
 from __future__ import annotations
 
 from labelwise.hookspecs import hookimpl
-from labelwise.plugin_manager import MethodInfo
+from labelwise.plugin_manager import MethodInfo, register_table, table_types
 
 PAPER = ("Lee et al., CleanNet: Transfer Learning for Scalable Image Classifier Training with Label Noise, "
          "CVPR 2018")
@@ -31,7 +31,7 @@ def labelwise_methods():
             summary="learn label noise from a small verified subset; score every sample and weight training",
             kind="transform",
             paper=PAPER,
-            types=tuple(f"labelwise.{name}" for names in MM_TYPES.values() for name in names),
+            types=table_types(MM_TYPES),
         ),
     ]
 
@@ -40,9 +40,7 @@ def labelwise_methods():
 def labelwise_register_mm_modules(registries):
     from labelwise.adapters.mmpretrain import cleannet
 
-    for registry, names in MM_TYPES.items():
-        for name in names:
-            getattr(registries, registry).register_module(module=getattr(cleannet, name))
+    register_table(registries, cleannet, MM_TYPES)
 
 
 @hookimpl

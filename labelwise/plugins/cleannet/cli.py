@@ -1,22 +1,14 @@
-"""``labelwise cleannet features|fit|score``: the CleanNet workflow from the shell.
+"""``labelwise cleannet features|fit|score``: argument parsing for :mod:`labelwise.workflows.cleannet`.
 
 This module is imported when the CLI parser is built: it imports no torch or framework at
 module level.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from labelwise.errors import ConfigError, DataError
-
-MODEL_FILE = "cleannet.pth"
-REFERENCES_FILE = "references.npy"
-#: What the reference sets in REFERENCES_FILE were built from (compared before reusing them).
-REFERENCES_META = "references.json"
-REFERENCES_FORMAT = "labelwise-cleannet-references/1"
-HISTORY_FILE = "history.json"
+from labelwise.errors import ConfigError
+from labelwise.workflows.cleannet import MODEL_FILE
 
 
 def add_commands(subparsers) -> None:
@@ -100,237 +92,50 @@ def add_commands(subparsers) -> None:
     s.set_defaults(func=_run_score)
 
 
-def read_verification(path, ids):
-    """Verification flags ``(N,)`` (1 / 0 / -1) for ``ids`` from a CSV (``id,verified``) or a
-    digit-scenes ``{split}.labels.json``; ids absent from the file are -1.
-
-    Raises:
-        DataError: unreadable file, wrong columns, a flag other than 1 / 0 / -1, or a file whose
-            ids share nothing with ``ids``.
-    """
-    import csv
-
-    import numpy as np
-
-    from labelwise.utils.fileio import read_text
-
-    path = Path(path)
-    text = read_text(path, what="verification file")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc}); expected a digit-scenes labels file or a CSV "
-                            "with columns id,verified") from None
-        if not isinstance(data, dict) or data.get("verified") is None or "ids" not in data:
-            raise DataError(f"{path}: expected a labels file with 'ids' and 'verified' (a noisy regime)")
-        table = dict(zip(data["ids"], data["verified"]))
-    else:
-        rows = list(csv.reader(text.splitlines()))
-        if not rows or [c.strip() for c in rows[0]] != ["id", "verified"]:
-            raise DataError(f"{path}: expected a CSV header 'id,verified', got {','.join(rows[0]) if rows else 'nothing'!r}")
-        table = {}
-        for n, row in enumerate(rows[1:], 2):
-            if len(row) != 2:
-                raise DataError(f"{path}, line {n}: expected 2 fields id,verified, got {len(row)}")
-            try:
-                table[row[0].strip()] = int(row[1])
-            except ValueError:
-                raise DataError(f"{path}, line {n}: verified {row[1]!r} is not 1, 0 or -1") from None
-    bad = [v for v in table.values() if v not in (1, 0, -1)]
-    if bad:
-        raise DataError(f"{path}: verification flag {bad[0]!r}; expected 1 (correct), 0 (wrong) or -1")
-    if table and not any(i in table for i in ids):
-        raise DataError(f"{path}: none of its ids is in the feature file (e.g. {next(iter(table))!r})")
-    return np.array([table.get(i, -1) for i in ids], dtype=np.int8)
-
-
-def _init_distributed(device: str | None) -> str:
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-        if device is None:
-            device = f"cuda:{local}" if use_cuda else "cpu"
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _run_features(args) -> int:
-    import torch
+    from labelwise.workflows.cleannet import export_features
 
-    from labelwise.plugins.cleannet.features import distributed_context, extract_features
-
-    device = _init_distributed(args.device)
-    if args.framework == "mmpretrain":
-        from labelwise.adapters.mmpretrain.cleannet import mm_feature_extractor
-
-        job = mm_feature_extractor(args.config, args.checkpoint, data_root=args.data_root, ann_file=args.ann_file,
-                                   device=device)
-    else:
-        from labelwise.adapters.timm.cleannet import timm_feature_extractor
-
-        job = timm_feature_extractor(args.model, args.checkpoint, data_root=args.data_root, ann_file=args.ann_file,
-                                     device=device)
-    if len(job["ids"]) == 0:
-        raise DataError(f"annotation file {args.ann_file} (under {args.data_root}) lists no samples; expected one "
-                        "'<image path> <class id>' line per image (or an OpenMMLab .json data_list)")
-    out = extract_features(job["embed"], job["dataset"], out=args.out, ids=job["ids"], labels=job["labels"],
-                           batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers,
-                           collate_fn=job["collate_fn"], meta=job["meta"], fingerprint=job.get("fingerprint"),
-                           overwrite=args.overwrite, progress=not args.no_progress)
-    rank, _ = distributed_context()
-    if rank == 0:
-        from labelwise.plugins.cleannet.features import load_features
-
-        fs = load_features(out)
-        print(f"{out}: {len(fs.ids)} samples x {fs.features.shape[1]} features")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    result = export_features(args.out, data_root=args.data_root, ann_file=args.ann_file, framework=args.framework,
+                             config=args.config, model=args.model, checkpoint=args.checkpoint,
+                             batch_size=args.batch_size, chunk_size=args.chunk_size, num_workers=args.num_workers,
+                             device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    if result["rank"] == 0:
+        print(f"{result['out']}: {result['samples']} samples x {result['dim']} features")
     return 0
 
 
 def _run_fit(args) -> int:
     import dataclasses
 
-    import numpy as np
-
-    from labelwise.plugins.cleannet.features import load_features
     from labelwise.plugins.cleannet.config import CleanNetConfig
-    from labelwise.plugins.cleannet.fit import STATE_FILE, fit_cleannet, restrict_verification
-    from labelwise.plugins.cleannet.references import build_reference_sets
-    from labelwise.plugins.cleannet.scoring import check_features
-    from labelwise.plugins.cleannet.store import save_cleannet
-    from labelwise.utils.fileio import atomic_write, write_json
+    from labelwise.workflows.cleannet import fit
 
     config = CleanNetConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CleanNetConfig)})
-    train = load_features(args.features)
-    if (train.labels < 0).any():
-        raise DataError(f"{args.features}: some samples have no label (-1); CleanNet scores labelled samples")
-    num_classes = args.num_classes or int(train.labels.max()) + 1
-    check_features(train.features, train.labels, num_classes=num_classes, norm=config.norm, name=str(args.features))
-    verification = read_verification(args.verification, train.ids)
-    val = {}
-    if args.val_features:
-        if not args.val_verification:
-            raise ConfigError("--val-features needs --val-verification")
-        vs = load_features(args.val_features)
-        val = dict(val_features=vs.features, val_labels=vs.labels,
-                   val_verification=read_verification(args.val_verification, vs.ids))
+    classes = None
     if args.verified_classes:
         try:
             classes = [int(c) for c in args.verified_classes.split(",")]
         except ValueError:
             raise ConfigError(f"--verified-classes must be comma-separated class ids, got {args.verified_classes!r}")
-        verification = restrict_verification(verification, train.labels, classes)
-        if val:
-            val["val_verification"] = restrict_verification(val["val_verification"], val["val_labels"], classes)
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    ref_path, ref_meta = work / REFERENCES_FILE, work / REFERENCES_META
-    if args.overwrite:
-        for name in (REFERENCES_FILE, REFERENCES_META, STATE_FILE):
-            (work / name).unlink(missing_ok=True)
-    provenance = {"format": REFERENCES_FORMAT, "features": str(args.features),
-                  "features_sha256": _array_digest(train.features, train.labels),
-                  "num_classes": int(num_classes), "k": int(args.k), "seed": int(config.seed)}
-    if ref_path.is_file():
-        found = json.loads(ref_meta.read_text()) if ref_meta.is_file() else {}
-        differ = [f"{key}: {found.get(key)!r}, now {provenance[key]!r}" for key in provenance
-                  if key != "features" and found.get(key) != provenance[key]]
-        if differ:
-            raise DataError(f"{ref_path} holds reference sets built from other features or settings "
-                            f"({'; '.join(differ)}{'' if found else ': no ' + REFERENCES_META + ' next to it'}); "
-                            f"they are not reused: pass --overwrite to rebuild them (and train anew in {work}), "
-                            "or use another --work-dir")
-        references = np.load(ref_path)
-        print(f"reusing {ref_path}")
-    else:
-        references = build_reference_sets(train.features, train.labels, num_classes=num_classes, k=args.k,
-                                          seed=config.seed, progress=not args.no_progress)
-        with atomic_write(ref_path, "wb") as f:
-            np.save(f, references)
-        write_json(ref_meta, provenance)
-    result = fit_cleannet(train.features, train.labels, verification, references, config=config, work_dir=work,
-                          device=args.device, progress=not args.no_progress, **val)
-    save_cleannet(work / MODEL_FILE, result, extra={"features": str(args.features)})
-    write_json(work / HISTORY_FILE, result.history)
+    result = fit(args.work_dir, features=args.features, verification=args.verification,
+                 val_features=args.val_features, val_verification=args.val_verification, verified_classes=classes,
+                 num_classes=args.num_classes, k=args.k, config=config, device=args.device,
+                 overwrite=args.overwrite, progress=not args.no_progress)
     print(f"CleanNet: best step {result.best_step}, validation accuracy {result.val_accuracy:.4f}, "
-          f"threshold {result.threshold:.4f} -> {work / MODEL_FILE}")
+          f"threshold {result.threshold:.4f} -> {Path(args.work_dir) / MODEL_FILE}")
     return 0
-
-
-def _array_digest(*arrays) -> str:
-    """SHA-256 of arrays' dtypes, shapes and bytes (what reference sets are built from)."""
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
-
-
-def _is_score_file(path) -> bool:
-    from labelwise.plugins.cleannet.scorefile import read_scores
-
-    try:
-        read_scores(path)
-    except DataError:
-        return False
-    return True
 
 
 def _run_score(args) -> int:
-    import numpy as np
+    from labelwise.workflows.cleannet import score
 
-    from labelwise.plugins.cleannet.features import load_features
-    from labelwise.plugins.cleannet.scorefile import write_scores
-    from labelwise.plugins.cleannet.scoring import detection_accuracy, sample_weights, score_samples
-    from labelwise.plugins.cleannet.store import load_cleannet
-
-    from labelwise.utils.fileio import check_distinct, is_labelwise_figure
-
-    model_path = Path(args.model)
-    if model_path.is_dir():
-        model_path = model_path / MODEL_FILE
-    check_distinct({"--model": model_path, "--features": args.features, "--verification": args.verification,
-                    "--out": args.out, "--histogram": args.histogram})
-    exists = f"{args.out} exists: another run's scores are there (choose another --out, or --overwrite to replace it)"
-    keep = Path(args.out).exists() and not args.overwrite
-    if keep and not _is_score_file(args.out):
-        raise DataError(exists)
-    if (args.histogram and Path(args.histogram).exists() and not args.overwrite
-            and not is_labelwise_figure(args.histogram)):
-        raise DataError(f"--histogram {args.histogram} exists and is not a plot labelwise wrote; choose another "
-                        "file (or --overwrite to replace it)")
-    model, references, info = load_cleannet(model_path)
-    fs = load_features(args.features)
-    threshold = info["threshold"] if args.threshold is None else args.threshold
-    scores = score_samples(model, fs.features, fs.labels, references, batch_size=args.batch_size)
-    weights = sample_weights(scores, mode=args.weights, threshold=threshold)
-    if keep:  # a re-run of the same command (e.g. after a crash before the histogram) keeps the same file
-        from labelwise.plugins.cleannet.scorefile import format_scores
-
-        if Path(args.out).read_bytes() != format_scores(fs.ids, fs.labels, scores, weights).encode("utf-8"):
-            raise DataError(exists)
-    else:
-        write_scores(args.out, fs.ids, fs.labels, scores, weights)
-    print(f"{args.out}: {len(scores)} samples, threshold {threshold:.4f}, "
-          f"{np.mean(scores >= threshold):.1%} above it, mean weight {weights.mean():.4f}")
-    verification = read_verification(args.verification, fs.ids) if args.verification else None
-    if verification is not None and (verification >= 0).any():
-        v = verification >= 0
-        print(f"noise-detection accuracy on {int(v.sum())} verified samples: "
-              f"{detection_accuracy(scores[v], verification[v], threshold):.4f}")
-    if args.histogram:
-        from labelwise.plugins.cleannet.plot import plot_score_histogram
-
-        plot_score_histogram(args.histogram, scores, verification, threshold=threshold, overwrite=args.overwrite)
-        print(f"histogram: {args.histogram}")
+    result = score(args.model, features=args.features, out=args.out, weights=args.weights, threshold=args.threshold,
+                   batch_size=args.batch_size, verification=args.verification, histogram=args.histogram,
+                   overwrite=args.overwrite)
+    print(f"{args.out}: {result['samples']} samples, threshold {result['threshold']:.4f}, "
+          f"{result['above']:.1%} above it, mean weight {result['mean_weight']:.4f}")
+    if result["accuracy"] is not None:
+        print(f"noise-detection accuracy on {result['verified']} verified samples: {result['accuracy']:.4f}")
+    if result["histogram"]:
+        print(f"histogram: {result['histogram']}")
     return 0
-

@@ -8,10 +8,12 @@ and ``labelwise.adapters.torch_labelpool``. See ``docs/methods/labelpool.md``.
 from __future__ import annotations
 
 from labelwise.hookspecs import hookimpl
-from labelwise.plugin_manager import MethodInfo
+from labelwise.plugin_manager import MethodInfo, register_table, table_types
 
 PAPER = ("Yun et al., Re-labeling ImageNet: from Single to Multi-Labels, from Global to "
          "Localized Labels, CVPR 2021")
+#: What the plugin registers ({registry: class names of labelwise.adapters.mmpretrain.labelpool}).
+MM_TYPES = {"TRANSFORMS": ("RandomResizedCropWithBox", "LabelPooling")}
 
 
 @hookimpl
@@ -23,17 +25,16 @@ def labelwise_methods():
                     "the soft target of each random crop pooled from its map",
             kind="transform",
             paper=PAPER,
-            types=("labelwise.RandomResizedCropWithBox", "labelwise.LabelPooling"),
+            types=table_types(MM_TYPES),
         ),
     ]
 
 
 @hookimpl
 def labelwise_register_mm_modules(registries):
-    from labelwise.adapters.mmpretrain.labelpool import LabelPooling, RandomResizedCropWithBox
+    from labelwise.adapters.mmpretrain import labelpool
 
-    registries.TRANSFORMS.register_module(module=RandomResizedCropWithBox)
-    registries.TRANSFORMS.register_module(module=LabelPooling)
+    register_table(registries, labelpool, MM_TYPES)
 
 
 @hookimpl

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-
-from labelwise.errors import ConfigError
 
 RELABEL_DESCRIPTION = """\
 ReLabel: run a machine annotator over a dataset split and store its top-k label maps.
@@ -114,67 +111,19 @@ def _json_object(text: str) -> dict:
 
 
 def _run_relabel(args) -> int:
+    from labelwise.workflows.relabel import relabel_split
 
-    from labelwise.plugins.labelpool.relabel import WholeImageLoader, annotator_meta, read_image_list, relabel
-
-    keys = read_image_list(args.data_root, args.ann_file)
-    if args.config is not None:
-        from labelwise.adapters import require
-
-        require("mmpretrain", "mm")
-        from labelwise.adapters.mmpretrain.labelpool import build_annotator
-
-        if args.input_size is None:
-            raise ConfigError("--input-size is required for an mmpretrain annotator "
-                              "(e.g. 224 for ImageNet models; the training crop size of the config)")
-        annotator, info = build_annotator(args.config, args.checkpoint, device=args.device)
-        source = {"framework": "mmpretrain", "config": str(args.config)}
-        input_size = args.input_size
-    else:
-        from labelwise.adapters import require
-
-        require("timm", "timm")
-        from labelwise.adapters.timm.labelpool import build_annotator
-
-        annotator, info = build_annotator(args.timm_model, args.checkpoint,
-                                          model_kwargs=args.model_kwargs, device=args.device)
-        source = {"framework": "timm", "model": args.timm_model, "model_kwargs": args.model_kwargs}
-        input_size = args.input_size or int(annotator.features.model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    mean = args.mean or info["mean"]
-    std = args.std or info["std"]
-    loader = WholeImageLoader(args.data_root, size=input_size, mean=mean, std=std, bgr=info["bgr"])
-    meta = annotator_meta(source, args.checkpoint, mean=mean, std=std, bgr=info["bgr"])
-    rank, world_size, barrier, cleanup = _distributed(args.device)
-    try:
-        result = relabel(annotator, keys, loader, args.out, input_size=input_size, k=args.topk,
-                         batch_size=args.batch_size, shard_size=args.shard_size, meta=meta,
-                         overwrite=args.overwrite, num_workers=args.num_workers,
-                         device=args.device, rank=rank, world_size=world_size, barrier=barrier,
-                         progress=not args.no_progress)
-    finally:
-        cleanup()
-    if rank == 0:
+    result = relabel_split(args.out, data_root=args.data_root, checkpoint=args.checkpoint, config=args.config,
+                           timm_model=args.timm_model, ann_file=args.ann_file, model_kwargs=args.model_kwargs,
+                           input_size=args.input_size, mean=args.mean, std=args.std, topk=args.topk,
+                           batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.num_workers,
+                           device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    if result["rank"] == 0:
         h, w = result["map_size"]
         print(f"label maps of {result['images']} images ({result['num_classes']} classes, top-"
-              f"{result['k']}, {h}x{w} at {input_size} px) in {result['store']}"
+              f"{result['k']}, {h}x{w} at {result['input_size']} px) in {result['store']}"
               + ("" if result["complete"] else " (incomplete)"))
     return 0
-
-
-def _distributed(device):
-    """``(rank, world_size, barrier, cleanup)``; joins the torchrun process group if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, None, lambda: None
-    import torch.distributed as dist
-
-    created = False
-    if not dist.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        created = True
-    return (dist.get_rank(), dist.get_world_size(), dist.barrier,
-            dist.destroy_process_group if created else (lambda: None))
 
 
 def _run_info(args) -> int:

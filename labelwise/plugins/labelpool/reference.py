@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labelwise.errors import DataError
+from labelwise.errors import ConfigError, DataError
+from labelwise.plugins.labelpool.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
 
 
 class ReferenceLabelMaps:
@@ -104,8 +105,6 @@ def convert_reference_maps(src, dst, keys, *, num_classes: int, key_depth: int |
     """
     from tqdm.auto import tqdm
 
-    from labelwise.plugins.labelpool.store import DEFAULT_SHARD_SIZE, LabelMapStore, LabelMapWriter
-
     reader = ReferenceLabelMaps(src, num_classes=num_classes, key_depth=key_depth)
     keys = [str(key) for key in keys]
     if not keys:
@@ -128,3 +127,22 @@ def convert_reference_maps(src, dst, keys, *, num_classes: int, key_depth: int |
             writer.write_shard(shard, np.stack([m[0] for m in maps]), np.stack([m[1] for m in maps]))
             bar.update(stop - start)
     return LabelMapStore(dst, num_classes=num_classes)
+
+
+def open_label_maps(path, *, num_classes: int, layout: str = "store", key_depth: int | None = 2):
+    """Open label maps for reading: a :class:`LabelMapStore` or per-image reference ``.pt`` files.
+
+    Args:
+        path: the store directory, or the reference label-map root.
+        num_classes: the model's ``C``, checked against the store.
+        layout: ``"store"`` (default) or ``"reference"`` (see :class:`ReferenceLabelMaps`).
+        key_depth: reference layout only: trailing key components naming a map file.
+
+    Returns:
+        An object with ``get(key) -> (scores (k, h, w), ids (k, h, w))`` and ``num_classes``.
+    """
+    if layout == "store":
+        return LabelMapStore(path, num_classes=num_classes)
+    if layout == "reference":
+        return ReferenceLabelMaps(path, num_classes=num_classes, key_depth=key_depth)
+    raise ConfigError(f"layout must be one of store, reference, got {layout!r}")

@@ -459,25 +459,3 @@ def _shard_problem(path: Path, index: dict, shard: int) -> str:
                 f"{file.resolve()}); a store's shards may not point outside it")
     return (f"shard file {file.name} is truncated or corrupt: {file.stat().st_size} bytes, "
             f"expected {expected} ({entry['items']} records of {index['record_bytes']} bytes)")
-
-
-def open_label_maps(path, *, num_classes: int, layout: str = "store", key_depth: int | None = 2):
-    """Open label maps for reading: a :class:`LabelMapStore` or per-image reference ``.pt`` files.
-
-    Args:
-        path: the store directory, or the reference label-map root.
-        num_classes: the model's ``C``, checked against the store.
-        layout: ``"store"`` (default) or ``"reference"`` (see
-            :class:`~labelwise.plugins.labelpool.reference.ReferenceLabelMaps`).
-        key_depth: reference layout only: trailing key components naming a map file.
-
-    Returns:
-        An object with ``get(key) -> (scores (k, h, w), ids (k, h, w))`` and ``num_classes``.
-    """
-    if layout == "store":
-        return LabelMapStore(path, num_classes=num_classes)
-    if layout == "reference":
-        from labelwise.plugins.labelpool.reference import ReferenceLabelMaps
-
-        return ReferenceLabelMaps(path, num_classes=num_classes, key_depth=key_depth)
-    raise ConfigError(f"layout must be one of store, reference, got {layout!r}")

@@ -8,11 +8,13 @@ glue in :mod:`labelwise.adapters.timm.pumlc`.
 from __future__ import annotations
 
 from labelwise.hookspecs import hookimpl
-from labelwise.plugin_manager import MethodInfo
+from labelwise.plugin_manager import MethodInfo, register_table, table_types
 
 PAPER = "Yuan et al., Positive Label Is All You Need for Multi-Label Classification, ICME 2024"
-MM_TYPES = ("PUMLCLoss", "PartialBCELoss", "PartialMultiLabelLinearClsHead", "PartialCSRAClsHead",
-            "PUMLCClassifier")
+#: What each method registers ({registry: class names of labelwise.adapters.mmpretrain.pumlc}).
+PUMLC_TYPES = {"MODELS": ("PUMLCLoss", "PUMLCClassifier")}
+LGC_TYPES = {"MODELS": ("PUMLCClassifier",)}
+PARTIAL_BCE_TYPES = {"MODELS": ("PartialBCELoss", "PartialMultiLabelLinearClsHead", "PartialCSRAClsHead")}
 
 
 @hookimpl
@@ -24,14 +26,14 @@ def labelwise_methods():
             "and re-balance, MixUp regulariser",
             kind="loss",
             paper=PAPER,
-            types=("labelwise.PUMLCLoss", "labelwise.PUMLCClassifier"),
+            types=table_types(PUMLC_TYPES),
         ),
         MethodInfo(
             name="pu-mlc-lgc",
             summary="local-global convolution: a global attention branch added to every 3x3 conv",
             kind="module",
             paper=PAPER,
-            types=("labelwise.PUMLCClassifier",),
+            types=table_types(LGC_TYPES),
         ),
         MethodInfo(
             name="partial-bce",
@@ -39,8 +41,7 @@ def labelwise_methods():
             "1/0/-1 targets to the loss",
             kind="loss",
             paper="",
-            types=("labelwise.PartialBCELoss", "labelwise.PartialMultiLabelLinearClsHead",
-                   "labelwise.PartialCSRAClsHead"),
+            types=table_types(PARTIAL_BCE_TYPES),
         ),
     ]
 
@@ -49,5 +50,4 @@ def labelwise_methods():
 def labelwise_register_mm_modules(registries):
     from labelwise.adapters.mmpretrain import pumlc
 
-    for name in MM_TYPES:
-        registries.MODELS.register_module(module=getattr(pumlc, name))
+    register_table(registries, pumlc, PUMLC_TYPES, LGC_TYPES, PARTIAL_BCE_TYPES)

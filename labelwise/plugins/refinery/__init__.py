@@ -7,10 +7,12 @@ Hook implementations only; the method is in :mod:`.loss`, :mod:`.teacher`, :mod:
 from __future__ import annotations
 
 from labelwise.hookspecs import hookimpl
-from labelwise.plugin_manager import MethodInfo
+from labelwise.plugin_manager import MethodInfo, register_table, table_types
 
 PAPER = ("Bagherinezhad, Horton, Rastegari, Farhadi: Label Refinery: Improving ImageNet "
          "Classification through Label Progression, arXiv:1805.02641, 2018")
+#: What the plugin registers ({registry: class names of labelwise.adapters.mmpretrain.refinery}).
+MM_TYPES = {"MODELS": ("RefineryDataPreprocessor",), "TRANSFORMS": ("LoadRefinedLabels",)}
 
 
 @hookimpl
@@ -22,17 +24,16 @@ def labelwise_methods():
                     "chain generations",
             kind="module",
             paper=PAPER,
-            types=("labelwise.RefineryDataPreprocessor", "labelwise.LoadRefinedLabels"),
+            types=table_types(MM_TYPES),
         ),
     ]
 
 
 @hookimpl
 def labelwise_register_mm_modules(registries):
-    from labelwise.adapters.mmpretrain.refinery import LoadRefinedLabels, RefineryDataPreprocessor
+    from labelwise.adapters.mmpretrain import refinery
 
-    registries.MODELS.register_module(module=RefineryDataPreprocessor)
-    registries.TRANSFORMS.register_module(module=LoadRefinedLabels)
+    register_table(registries, refinery, MM_TYPES)
 
 
 @hookimpl
