@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["check_onnx_head"]
+__all__ = ["check_onnx_head", "fit_and_write"]
 
 
 def check_onnx_head(cft_dir, features) -> dict:
@@ -36,3 +36,43 @@ def check_onnx_head(cft_dir, features) -> dict:
             "tolerance": report["logits_tolerance"], "probabilities_diff": report["probabilities_diff"],
             "probabilities_tolerance": report["probabilities_tolerance"], "labels_agree": report["labels_agree"],
             "passed": report["passed"]}
+
+
+def fit_and_write(train_features, train_labels, val_features, val_labels, weight, bias, *, options, class_names,
+                  out_dir=None, device="cpu", progress: bool = True, source: str = "", source_sha256: str = "",
+                  onnx: bool = True, plot: bool = True, before_write=None):
+    """CFT on features, then rank 0 writes the outputs: what ``labelwise cft``, :class:`labelwise.CFTHook`
+    and the timm path run.
+
+    Categories are split over ``torch.distributed`` ranks when a process group is initialised
+    (every rank gets the merged result); the resumable per-category state goes to
+    ``out_dir/cft_state``. Rank 0 then writes ``cft_head.npz``, ``cft_report.json``, the plot
+    and the ONNX head (:func:`labelwise.plugins.cft.outputs.write_outputs`).
+
+    Args:
+        train_features, train_labels, val_features, val_labels, weight, bias: as
+            :func:`labelwise.plugins.cft.calibrate.fit_calibrated_head`.
+        options: a :class:`~labelwise.plugins.cft.options.CFTOptions`.
+        class_names: one name per category (report and ONNX metadata); ``None``: ``"0"``, ``"1"``, ...
+        out_dir: output folder; ``None`` writes nothing (and keeps no state).
+        source, source_sha256: where the original head came from, for the report and metadata.
+        before_write: ``callable(result) -> dict`` run on rank 0 before writing (e.g. a full
+            ONNX export); its entries go into the report.
+
+    Returns:
+        The :class:`~labelwise.plugins.cft.calibrate.CFTResult`.
+    """
+    from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed
+    from labelwise.plugins.cft.outputs import write_outputs
+    from labelwise.utils.distributed import is_main_process
+
+    result = fit_calibrated_head_distributed(
+        train_features, train_labels, val_features, val_labels, weight, bias, options=options,
+        class_names=class_names, device=device, state_dir=Path(out_dir) / "cft_state" if out_dir else None,
+        progress=progress)
+    if out_dir is not None and is_main_process():
+        extra = before_write(result) if before_write is not None else {}
+        names = list(class_names) if class_names is not None else [str(i) for i in range(result.weight.shape[0])]
+        write_outputs(result, out_dir, class_names=names, source=source, source_sha256=source_sha256,
+                      onnx=onnx, plot=plot, extra=extra, seed=result.options.seed)
+    return result

@@ -193,8 +193,8 @@ def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir,
                     batch_size: int = 64, progress: bool = True, source: str = "", source_sha256: str = "") -> dict:
     """Extract features, run CFT, and (rank 0) write the outputs; return the run's summary."""
     from labelwise.checkpoint import save_checkpoint
-    from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, is_main_process
-    from labelwise.plugins.cft.outputs import write_outputs
+    from labelwise.utils.distributed import is_main_process
+    from labelwise.workflows.cft import fit_and_write
 
     fc = _final_layer(model)
     device = fc.weight.device
@@ -202,21 +202,21 @@ def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir,
     val_x, val_y = extract_features(model, val_dataset, batch_size=batch_size, progress=progress)
     classes = list(_class_names(cfg, train_y.shape[1]))
     out = Path(out_dir)
-    result = fit_calibrated_head_distributed(
-        train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(), options=options,
-        class_names=classes, device=device, state_dir=out / "cft_state", progress=progress)
+
+    def full_export(result) -> dict:
+        if not full_onnx:
+            return {}
+        return {"full_onnx_max_abs_diff": _export_full(model, result, out / FULL_ONNX, size=_image_size(val_dataset),
+                                                       classes=classes, source_sha256=source_sha256)}
+
+    result = fit_and_write(train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(),
+                           options=options, class_names=classes, out_dir=out, device=device, progress=progress,
+                           source=source, source_sha256=source_sha256, onnx=onnx, plot=plot, before_write=full_export)
     if apply:
         with torch.no_grad():
             fc.weight.copy_(result.weight.to(device))
             fc.bias.copy_(result.bias.to(device))
     if is_main_process():
-        extra = {}
-        if full_onnx:
-            extra["full_onnx_max_abs_diff"] = _export_full(model, result, out / FULL_ONNX,
-                                                           size=_image_size(val_dataset), classes=classes,
-                                                           source_sha256=source_sha256)
-        write_outputs(result, out, class_names=classes, source=source, source_sha256=source_sha256, onnx=onnx,
-                      plot=plot, extra=extra, seed=options.seed)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         prefix = next(k for k, v in model.named_parameters() if v is fc.weight)[: -len("weight")]
         state[prefix + "weight"], state[prefix + "bias"] = result.weight.clone(), result.bias.clone()

@@ -78,30 +78,30 @@ def calibrate_timm_model(model, train_loader, val_loader, *, options: CFTOptions
     Returns:
         The :class:`~labelwise.plugins.cft.calibrate.CFTResult`.
     """
-    from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, is_main_process
-    from labelwise.plugins.cft.outputs import write_outputs
+    from labelwise.workflows.cft import fit_and_write
 
     fc = timm_classifier(model)
     device = device or fc.weight.device
     train_x, train_y = extract_timm_features(model, train_loader, device=device, progress=progress)
     val_x, val_y = extract_timm_features(model, val_loader, device=device, progress=progress)
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(fc.out_features)]
-    result = fit_calibrated_head_distributed(
-        train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(), options=options or CFTOptions(),
-        class_names=names, device=device, state_dir=Path(out_dir) / "cft_state" if out_dir else None, progress=progress)
+    if out_dir is not None and full_onnx and example_input is None:
+        raise ConfigError("full_onnx=True needs example_input, e.g. torch.zeros(1, 3, 64, 64)")
+
+    def full_export(result) -> dict:
+        if not full_onnx:
+            return {}
+        return {"full_onnx_max_abs_diff": export_timm_onnx(model, result, Path(out_dir) / "cft_model.onnx",
+                                                           example_input, class_names=names)}
+
+    result = fit_and_write(train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(),
+                           options=options or CFTOptions(), class_names=names, out_dir=out_dir, device=device,
+                           progress=progress, source=source, source_sha256=source_sha256, onnx=onnx, plot=plot,
+                           before_write=full_export)
     if apply:
         with torch.no_grad():
             fc.weight.copy_(result.weight.to(fc.weight.device))
             fc.bias.copy_(result.bias.to(fc.bias.device))
-    if out_dir is not None and is_main_process():
-        extra = {}
-        if full_onnx:
-            if example_input is None:
-                raise ConfigError("full_onnx=True needs example_input, e.g. torch.zeros(1, 3, 64, 64)")
-            extra["full_onnx_max_abs_diff"] = export_timm_onnx(model, result, Path(out_dir) / "cft_model.onnx",
-                                                               example_input, class_names=names)
-        write_outputs(result, out_dir, class_names=names, source=source, source_sha256=source_sha256, onnx=onnx,
-                      plot=plot, extra=extra, seed=result.options.seed)
     return result
 
 

@@ -115,8 +115,9 @@ def check_output_folder(out: Path, options: CFTOptions, *, source) -> None:
 
 
 def run(args) -> int:
-    from labelwise.plugins.cft.distributed import fit_calibrated_head_distributed, init_from_env, is_main_process
-    from labelwise.plugins.cft.outputs import OUTPUT_FILES, file_sha256, write_outputs
+    from labelwise.plugins.cft.distributed import init_from_env, is_main_process
+    from labelwise.plugins.cft.outputs import OUTPUT_FILES, file_sha256
+    from labelwise.workflows.cft import fit_and_write
 
     if bool(args.npz) == bool(args.config):
         raise ConfigError("give either --npz FILE or --config CONFIG --checkpoint CKPT")
@@ -139,19 +140,17 @@ def run(args) -> int:
         names = [str(n) for n in data["class_names"]] if "class_names" in data else None
         arrays = {k: data[k] for k in NPZ_KEYS}
         try:
-            result = fit_calibrated_head_distributed(
+            result = fit_and_write(
                 arrays["train_features"], arrays["train_labels"], arrays["val_features"], arrays["val_labels"],
-                arrays["weight"], arrays["bias"], options=options, class_names=names, device=args.device,
-                state_dir=out / "cft_state", progress=not args.no_progress)
+                arrays["weight"], arrays["bias"], options=options,
+                class_names=names, out_dir=out,
+                device=args.device, progress=not args.no_progress, source=str(args.npz),
+                source_sha256=file_sha256(args.npz), onnx=not args.no_onnx, plot=not args.no_plot)
         except (DataError, ConfigError) as exc:
             if str(exc).split(":")[0] not in (*NPZ_KEYS, "class_names"):
                 raise
             raise type(exc)(f"{args.npz}: {exc}") from exc  # the input checks name the array, not the file
         summary = result.summary()
-        if is_main_process():
-            write_outputs(result, out, class_names=names or [str(i) for i in range(arrays["weight"].shape[0])],
-                          source=str(args.npz), source_sha256=file_sha256(args.npz), onnx=not args.no_onnx,
-                          plot=not args.no_plot, seed=options.seed)
     if is_main_process():
         before, after = summary["mean_score_before"], summary["mean_score_after"]
         scores = f"{before:.4f} -> {after:.4f}" if before is not None else "n/a (every category skipped)"
