@@ -383,10 +383,9 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
     """
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
-    from mmpretrain.registry import DATASETS, MODELS
+    from mmpretrain.registry import DATASETS
 
-    from labelwise.adapters.mmpretrain.runner import load_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
+    from labelwise.adapters.mmpretrain.runner import build_model, load_config, load_trained_weights, model_config
     from labelwise.plugins.cleannet.features import file_fingerprint
 
     options = dict(cfg_options or {})
@@ -396,13 +395,10 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
     init_default_scope(cfg.get("default_scope", "mmpretrain"))
     if not cfg.get("test_dataloader"):
         raise ConfigError(f"{config}: no test_dataloader; its dataset and pipeline define what is embedded")
-    model_cfg = cfg.model.copy()
-    if cfg.get("data_preprocessor") is not None:  # as mmengine's Runner does: normalise like training
-        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
+    model_cfg = model_config(cfg)  # with the config's data_preprocessor, as mmengine's Runner: normalise like training
+    model = build_model(cfg)
     if checkpoint is not None:
-        load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
-                     target=f"the model of {cfg.filename}", allow_unexpected=True)
+        load_trained_weights(model, checkpoint, target=f"the model of {cfg.filename}")
     model.to(device).eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     dataset.full_init()

@@ -216,26 +216,15 @@ def build_annotator(config, checkpoint, *, device="cpu"):
     """
     import torch
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
 
-    from labelwise.adapters.mmpretrain.runner import resolve_config
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint
-    from labelwise.checkpoint import load_weights
+    from labelwise.adapters.mmpretrain.runner import build_model, load_trained_weights, resolve_config
     from labelwise.plugins.labelpool.annotator import DenseClassifier, check_linear_head
 
     path = resolve_config(config)
     cfg = Config.fromfile(str(path))
-    init_default_scope(cfg.get("default_scope", "mmpretrain"))
-    model_cfg = cfg.model.copy()
-    model_cfg.pop("data_preprocessor", None)
-    model_cfg.pop("init_cfg", None)
-    if model_cfg.get("backbone", {}).get("init_cfg") is not None:
-        model_cfg["backbone"]["init_cfg"] = None
-    model = MODELS.build(model_cfg)
-    state = extract_state_dict(load_checkpoint(checkpoint))
-    state = {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
-    load_weights(model, state, checkpoint=checkpoint, target=f"config {path}")
+    model = build_model(cfg, data_preprocessor=None)  # the annotator gets normalised tensors
+    load_trained_weights(model, checkpoint, target=f"config {path}", allow_unexpected=False,
+                         drop_prefixes=("data_preprocessor.",))
     model.to(device).eval()
     fc = getattr(model.head, "fc", None)
     if fc is None:

@@ -65,6 +65,55 @@ def load_config(
     return cfg
 
 
+def model_config(cfg, *, data_preprocessor: str | None = "config") -> dict:
+    """The model part of a loaded config, ready for ``MODELS.build``.
+
+    Args:
+        cfg: a loaded :class:`mmengine.config.Config`.
+        data_preprocessor: ``"config"``: the config's top-level ``data_preprocessor`` unless
+            the model sets one (what mmengine's Runner builds); ``None``: no preprocessor (the
+            caller feeds finished tensors).
+    """
+    model_cfg = copy.deepcopy(cfg.model)
+    if data_preprocessor == "config":
+        if cfg.get("data_preprocessor") is not None:
+            model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
+    elif data_preprocessor is None:
+        model_cfg.pop("data_preprocessor", None)
+    else:
+        raise ConfigError(f"data_preprocessor must be 'config' or None, got {data_preprocessor!r}")
+    return model_cfg
+
+
+def build_model(cfg, *, data_preprocessor: str | None = "config"):
+    """The model of a loaded config (mmpretrain's registry, the config's default scope); see :func:`model_config`."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    init_default_scope(cfg.get("default_scope", "mmpretrain"))
+    return MODELS.build(model_config(cfg, data_preprocessor=data_preprocessor))
+
+
+def load_trained_weights(model, checkpoint, *, target: str, allow_unexpected: bool = True,
+                         drop_prefixes: tuple = ()) -> None:
+    """Fill ``model`` with ``checkpoint``'s weights, read by the safe loader; one-line errors name both.
+
+    Args:
+        target: what the model is, for messages (``"the model of configs/x.py"``).
+        allow_unexpected: accept keys the model lacks (training-only modules, an EMA copy).
+        drop_prefixes: leave out keys starting with these (e.g. ``"data_preprocessor."``).
+
+    Raises:
+        CheckpointError: unreadable, unsafe, or not fitting the model.
+    """
+    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
+
+    state = extract_state_dict(load_checkpoint(checkpoint))
+    if drop_prefixes:
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(drop_prefixes))}
+    load_weights(model, state, checkpoint=checkpoint, target=target, allow_unexpected=allow_unexpected)
+
+
 def build_trained_model(config, checkpoint, *, work_dir, data_root=None):
     """The model of ``config`` (with its data preprocessor, as mmengine's Runner builds it) holding
     the weights of ``checkpoint`` (read with :func:`labelwise.checkpoint.load_checkpoint`).
@@ -72,19 +121,9 @@ def build_trained_model(config, checkpoint, *, work_dir, data_root=None):
     Returns:
         ``(model, cfg)``: the model in train mode on the CPU, and the loaded config.
     """
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
-
-    from labelwise.checkpoint import extract_state_dict, load_checkpoint, load_weights
-
     cfg = load_config(config, work_dir=work_dir, data_root=data_root)
-    init_default_scope("mmpretrain")
-    model_cfg = copy.deepcopy(cfg.model)
-    if cfg.get("data_preprocessor") is not None:
-        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
-    model = MODELS.build(model_cfg)
-    load_weights(model, extract_state_dict(load_checkpoint(checkpoint)), checkpoint=checkpoint,
-                 target=f"the model of {cfg.filename}", allow_unexpected=True)
+    model = build_model(cfg)
+    load_trained_weights(model, checkpoint, target=f"the model of {cfg.filename}")
     return model, cfg
 
 
