@@ -68,7 +68,7 @@ def test_multi_label_evidence():
     import torch
     from mmpretrain.structures import DataSample
 
-    from labelwise.adapters.mmpretrain.cleannet import multi_label_evidence
+    from labelwise.adapters.mmpretrain.targets import multi_label_evidence
 
     assert multi_label_evidence({"gt_label": 3}) is None
     assert multi_label_evidence({"gt_label": np.int64(3)}) is None

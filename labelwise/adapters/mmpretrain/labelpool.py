@@ -26,7 +26,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmpretrain.datasets.transforms import RandomResizedCrop
 
-from labelwise.adapters.mmpretrain.cleannet import check_single_soft_target
+from labelwise.adapters.mmpretrain.targets import check_single_soft_target
 from labelwise.errors import ConfigError, DataError
 
 

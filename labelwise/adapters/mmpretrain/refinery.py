@@ -22,8 +22,8 @@ import torch
 from mmcv.transforms import BaseTransform
 from mmpretrain.models.utils.data_preprocessor import ClsDataPreprocessor
 
-from labelwise.adapters.mmpretrain.cleannet import (WeightedClsDataPreprocessor, check_single_soft_target,
-                                                    multi_label_evidence)
+from labelwise.adapters.mmpretrain.cleannet import WeightedClsDataPreprocessor
+from labelwise.adapters.mmpretrain.targets import check_single_soft_target, multi_label_evidence
 from labelwise.errors import ConfigError, DataError
 from labelwise.plugins.refinery.teacher import BN_MODES, Refinery
 
