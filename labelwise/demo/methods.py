@@ -93,7 +93,7 @@ class Run:
                                   seed=seed, epochs=mode.epochs, batch_size=batch_size, config=self.config,
                                   cfg_options=options, progress=True)
 
-    def checkpoint(self, mode=None) -> Path:
+    def checkpoint(self) -> Path:
         return self.work / "mmpretrain" / f"epoch_{self.result()['epochs']}.pth"
 
     def dumped_config(self) -> Path:

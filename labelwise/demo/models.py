@@ -24,13 +24,13 @@ and full demo modes train the same models at their own sizes into their output f
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 from labelwise.errors import DataError
 from labelwise.utils.fileio import write_json
+from labelwise.utils.fingerprint import file_sha256
 
 SHIPPED = Path(__file__).parent / "models"
 MANIFEST = "manifest.json"
@@ -51,19 +51,13 @@ def width_options(width: int | None) -> dict:
             "model.head.in_channels": 8 * width}
 
 
-def _sha256(path) -> str:
-    from labelwise.utils.fingerprint import file_sha256
-
-    return file_sha256(path)
-
-
 def data_fingerprint(data_root) -> dict:
     """SHA-256 of the demo data files the shipped annotator and refinery were trained on."""
     root = Path(data_root)
     missing = [name for name in DATA_FILES if not (root / name).is_file()]
     if missing:
         raise DataError(f"{root}: no {missing[0]}; expected digit scenes made by the demo")
-    return {name: _sha256(root / name) for name in DATA_FILES}
+    return {name: file_sha256(root / name) for name in DATA_FILES}
 
 
 def _spec_options(spec: dict) -> dict:
@@ -158,7 +152,7 @@ def export_models(out: Path, mode, runs: dict, results: dict, model_specs: dict,
         spec = model_specs[name]
         result = results[name]
         entries[name] = {
-            "file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size,
+            "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
             "parameters": int(sum(v.numel() for k, v in state.items() if "num_batches_tracked" not in k)),
             "config": spec["config"], "cfg_options": {k: list(v) if isinstance(v, tuple) else v
                                                       for k, v in _spec_options(spec).items()},
@@ -210,7 +204,7 @@ def read_manifest(folder) -> dict:
         file = folder / Path(entry["file"]).name
         if not file.is_file():
             raise DataError(f"{file}: missing (listed in {path}); rebuild with `{BUILD_COMMAND}`")
-        digest = _sha256(file)
+        digest = file_sha256(file)
         if digest != entry.get("sha256"):
             raise DataError(f"{file}: SHA-256 {digest} differs from {entry.get('sha256')} in {path}: the file was "
                             f"changed or damaged; reinstall labelwise or rebuild with `{BUILD_COMMAND}`")
@@ -249,11 +243,6 @@ def prepare_models(folder, mode, *, data_root, work) -> dict:
             load_config(entry["config"], work_dir=work, data_root=data_root, cfg_options=options).dump(str(config))
         models[name] = {**entry, "checkpoint": str(folder / entry["file"]), "config": str(config)}
     return models
-
-
-def shipped_digest() -> str:
-    """SHA-256 of the shipped manifest (what a demo's marker records)."""
-    return hashlib.sha256((SHIPPED / "quick" / MANIFEST).read_bytes()).hexdigest()
 
 
 def main(argv=None) -> int:

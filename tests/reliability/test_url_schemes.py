@@ -108,7 +108,7 @@ def _runner(work_dir, model=None, **kwargs):
 
 
 def test_every_mmengine_scheme_is_replaced():
-    import labelwise  # noqa: F401  (installs the loaders)
+    import labelwise.registry  # noqa: F401  (installs the loaders, as mmengine does for a labelwise. type)
     from mmengine.runner.checkpoint import CheckpointLoader
 
     from labelwise.adapters.mmengine_checkpoint import SAFE_SCHEMES
@@ -122,7 +122,7 @@ def test_every_mmengine_scheme_is_replaced():
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_crafted_checkpoint_is_refused_through_load_checkpoint(scheme, hub, tmp_path):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
     from mmengine.runner import load_checkpoint
 
     url, name = _scheme_cases()[scheme]
@@ -135,7 +135,7 @@ def test_crafted_checkpoint_is_refused_through_load_checkpoint(scheme, hub, tmp_
 
 
 def test_control_mmengine_alone_runs_the_code(tmp_path):
-    """Without labelwise, mmengine's https loader unpickles the same file with weights_only=False."""
+    """Without labelwise, mmengine's https loader unpickles the same file with weights-only loading switched off."""
     hub_dir = tmp_path / "torch-home" / "hub" / "checkpoints"
     marker = tmp_path / "ran"
     _evil(hub_dir / "evil.pth", marker)
@@ -146,7 +146,7 @@ def test_control_mmengine_alone_runs_the_code(tmp_path):
 
 
 def test_genuine_checkpoint_loads_from_the_cache_with_every_url_scheme(hub, tmp_path):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
     from mmengine.runner import load_checkpoint
 
     source = Toy()
@@ -169,7 +169,7 @@ def test_genuine_checkpoint_loads_from_the_cache_with_every_url_scheme(hub, tmp_
 def test_legacy_zip_from_a_url_is_unpacked_and_still_checked(hub, tmp_path):
     import zipfile
 
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
     from mmengine.runner import load_checkpoint
 
     marker = tmp_path / "ran"
@@ -184,7 +184,7 @@ def test_legacy_zip_from_a_url_is_unpacked_and_still_checked(hub, tmp_path):
 
 
 def test_missing_download_is_one_clear_error(hub, monkeypatch):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
     from mmengine.runner import load_checkpoint
 
     def offline(url, dst, *args, **kwargs):
@@ -200,7 +200,7 @@ def test_missing_download_is_one_clear_error(hub, monkeypatch):
 
 
 def test_s3_and_pavi_are_read_weights_only(tmp_path, monkeypatch):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
     from mmengine import fileio
     from mmengine.runner import load_checkpoint
 
@@ -232,7 +232,7 @@ def test_s3_and_pavi_are_read_weights_only(tmp_path, monkeypatch):
 
 
 def test_runner_load_from_url_is_refused(hub, tmp_path):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
 
     marker = tmp_path / "ran"
     _evil(hub / "evil.pth", marker)
@@ -243,7 +243,7 @@ def test_runner_load_from_url_is_refused(hub, tmp_path):
 
 
 def test_runner_resume_from_last_checkpoint_naming_a_url(hub, tmp_path):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
 
     # a genuine Runner checkpoint (HistoryBuffers, numpy) through https:// resumes ...
     first = _runner(tmp_path / "first")
@@ -270,7 +270,7 @@ def test_runner_resume_from_last_checkpoint_naming_a_url(hub, tmp_path):
 
 
 def test_init_cfg_pretrained_url_is_refused(hub, tmp_path):
-    import labelwise  # noqa: F401
+    import labelwise.registry  # noqa: F401  (installs the loaders)
 
     marker = tmp_path / "ran"
     _evil(hub / "evil.pth", marker)
