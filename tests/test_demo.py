@@ -144,3 +144,25 @@ def test_one_seed_table_and_verdicts_use_the_bootstrap_over_test_images():
     assert line.endswith("**helps** here.")
     noisy = {**row, "bootstrap": [{**boot, "low": -1.0, "verdict": "within noise"}]}
     assert "**within noise**" in verdict_lines([noisy])[0]
+
+
+def test_seeds_option_parses_and_a_folder_takes_more_seeds_but_not_other_sizes(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from labelwise.demo import MODES, check_out_dir, parse_seeds
+    from labelwise.errors import ConfigError, DataError
+
+    assert parse_seeds("0,1, 2,3,4") == (0, 1, 2, 3, 4)
+    for bad in ("", "0,0", "a,1", "-1"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+    out = tmp_path / "demo"
+    quick = MODES["quick"]
+    check_out_dir(out, quick)
+    check_out_dir(out, dataclasses.replace(quick, seeds=(0, 1, 2, 3, 4)))  # more seeds: same folder, reused
+    with pytest.raises(DataError, match="other sizes"):
+        check_out_dir(out, dataclasses.replace(quick, epochs=5))
+    with pytest.raises(DataError, match="other sizes"):
+        check_out_dir(out, MODES["tiny"])

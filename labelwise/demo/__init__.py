@@ -154,14 +154,16 @@ def check_out_dir(out: Path, mode: DemoMode) -> None:
         DataError: ``out`` holds a demo of another mode or sizes, or files but no marker.
     """
     marker = out / MARKER
-    wanted = {"format": MARKER_FORMAT, "mode": mode.name, "sizes": dataclasses.asdict(mode)}
-    wanted["sizes"]["seeds"] = list(mode.seeds)
+    # seeds are left out: each seed has its own folder, so a run with more seeds reuses the others
+    sizes = {k: v for k, v in dataclasses.asdict(mode).items() if k != "seeds"}
+    wanted = {"format": MARKER_FORMAT, "mode": mode.name, "sizes": sizes}
     if marker.exists():
         try:
             found = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{marker}: unreadable demo marker ({exc}); remove {out} or choose another --out") from None
-        if found.get("mode") != mode.name or found.get("sizes") != wanted["sizes"]:
+        found_sizes = {k: v for k, v in (found.get("sizes") or {}).items() if k != "seeds"}
+        if found.get("mode") != mode.name or found_sizes != sizes:
             raise DataError(f"{out} holds a '{found.get('mode')}' demo with other sizes than '--{mode.name}'; results "
                             f"of different sizes are not mixed: use another --out (e.g. {out}-{mode.name}) or delete "
                             f"{out}")
@@ -173,8 +175,22 @@ def check_out_dir(out: Path, mode: DemoMode) -> None:
     write_json(marker, wanted)
 
 
-def run_demo(out_dir, *, mode: str = "quick", log=None) -> dict:
+def parse_seeds(text: str) -> tuple:
+    """``'0,1,2'`` -> ``(0, 1, 2)``; refuses an empty list, repeats and non-integers, naming ``--seeds``."""
+    try:
+        seeds = tuple(int(part) for part in str(text).split(",") if part.strip() != "")
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2,3,4") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2,3,4")
+    return seeds
+
+
+def run_demo(out_dir, *, mode: str = "quick", seeds=None, log=None) -> dict:
     """Run the demo of ``mode`` (``'tiny'``, ``'quick'``, ``'full'``) into ``out_dir``.
+
+    ``seeds`` (a tuple, or ``'0,1,2'``) replaces the mode's seeds; seeds already run in
+    ``out_dir`` are reused, so ``--seeds 0,1,2,3,4`` after a one-seed run trains four more.
 
     Prints the results table and writes ``out_dir/summary.md``, ``results.json`` and the plots.
 
@@ -182,7 +198,7 @@ def run_demo(out_dir, *, mode: str = "quick", log=None) -> dict:
         ``{"rows": [...], "onnx": [...], "plots": {...}, "seconds": float, "reused": int}``.
 
     Raises:
-        ConfigError: unknown ``mode``.
+        ConfigError: unknown ``mode``, or bad ``seeds``.
         DataError: ``out_dir`` holds results of another mode (see :func:`check_out_dir`).
         AssertionError: the ONNX head does not reproduce the calibrated logits.
     """
@@ -191,6 +207,9 @@ def run_demo(out_dir, *, mode: str = "quick", log=None) -> dict:
     if mode not in MODES:
         raise ConfigError(f"unknown demo mode {mode!r}; valid: {', '.join(MODES)}")
     m = MODES[mode]
+    if seeds is not None:
+        m = dataclasses.replace(m, seeds=parse_seeds(",".join(map(str, seeds)) if not isinstance(seeds, str)
+                                                     else seeds))
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     start = time.perf_counter()
     out = Path(out_dir)

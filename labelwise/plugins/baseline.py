@@ -84,6 +84,10 @@ def labelwise_add_commands(subparsers):
     size.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
                       help="a smoke run: 160 training images, 1 epoch, tiny models trained on the spot (numbers "
                       "are meaningless)")
+    demo.add_argument("--seeds", default=None, metavar="0,1,...",
+                      help="seeds to run instead of the mode's (quick: 0; full: 0,1,2,3,4); seeds already run "
+                      "under --out are reused, and with several seeds each row gets the paired 95 %% interval "
+                      "over seeds")
     demo.set_defaults(mode="quick")
     demo.set_defaults(func=_run_demo)
 
@@ -104,5 +108,5 @@ def _run_train(args) -> int:
 def _run_demo(args) -> int:
     from labelwise.demo import run_demo
 
-    run_demo(args.out, mode=args.mode)
+    run_demo(args.out, mode=args.mode, seeds=args.seeds)
     return 0

@@ -39,15 +39,16 @@ def check_onnx_head(cft_dir, features) -> dict:
 
 
 def fit_and_write(train_features, train_labels, val_features, val_labels, weight, bias, *, options, class_names,
-                  out_dir=None, device="cpu", progress: bool = True, source: str = "", source_sha256: str = "",
-                  onnx: bool = True, plot: bool = True, before_write=None):
+                  out_dir=None, device="cpu", progress: bool = True, source: str = "",
+                  source_sha256: str | None = None, onnx: bool = True, plot: bool = True, before_write=None):
     """CFT on features, then rank 0 writes the outputs: what ``labelwise cft``, :class:`labelwise.CFTHook`
     and the timm path run.
 
     Categories are split over ``torch.distributed`` ranks when a process group is initialised
     (every rank gets the merged result); the resumable per-category state goes to
-    ``out_dir/cft_state``. Rank 0 then writes ``cft_head.npz``, ``cft_report.json``, the plot
-    and the ONNX head (:func:`labelwise.plugins.cft.outputs.write_outputs`).
+    ``out_dir/cft_state``. Rank 0 then writes ``cft_head.npz``, ``cft_report.json``, the plots
+    (``cft_scores.png``, ``cft_reliability.png``) and the ONNX head
+    (:func:`labelwise.plugins.cft.outputs.write_outputs`).
 
     Args:
         train_features, train_labels, val_features, val_labels, weight, bias: as
@@ -55,7 +56,9 @@ def fit_and_write(train_features, train_labels, val_features, val_labels, weight
         options: a :class:`~labelwise.plugins.cft.options.CFTOptions`.
         class_names: one name per category (report and ONNX metadata); ``None``: ``"0"``, ``"1"``, ...
         out_dir: output folder; ``None`` writes nothing (and keeps no state).
-        source, source_sha256: where the original head came from, for the report and metadata.
+        source, source_sha256: where the original head came from, for the report and metadata;
+            ``source_sha256`` is the SHA-256 of the single file it came from, ``None`` when there
+            is none (the key is then left out).
         before_write: ``callable(result) -> dict`` run on rank 0 before writing (e.g. a full
             ONNX export); its entries go into the report.
 

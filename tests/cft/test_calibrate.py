@@ -111,17 +111,14 @@ def test_ga_elite_training_fitness_never_decreases(problem, monkeypatch):
     """End to end through fit_calibrated_head: with elitism the fittest individual survives
     unchanged, so each category's best training fitness (recomputed here with scikit-learn from
     the population's logits) never decreases from one generation to the next."""
-    population = QUICK["population"]
     logits = {}  # id of a category's training rows -> [population logits (P, N_c) per generation]
-    scores = CategoryRows.scores
+    fitness = CategoryRows.fitness
 
-    def recording(self, rows):
-        out = scores(self, rows)
-        if rows.shape[0] == population:  # a generation's fitness (validation scores one row)
-            logits.setdefault(id(self), (self, []))[1].append(out.detach().cpu().numpy().copy())
-        return out
+    def recording(self, population, metric, idle=None):  # a generation's fitness (validation scores one row)
+        logits.setdefault(id(self), (self, []))[1].append(self.scores(population).detach().cpu().numpy().copy())
+        return fitness(self, population, metric, idle)
 
-    monkeypatch.setattr(CategoryRows, "scores", recording)
+    monkeypatch.setattr(CategoryRows, "fitness", recording)
     result = _fit(problem, options=dict(epochs=60, early_stopping=None, mutation_range=1e-2))
     assert len(logits) == 4 and all(r["ga"]["epochs_run"] == 60 for r in result.categories)
     improved = 0

@@ -6,7 +6,8 @@ import pytest
 
 from labelwise.errors import ConfigError, DataError
 from labelwise.metrics import average_precision_per_class
-from labelwise.plugins.cft.calibration import calibration_errors, choose_thresholds, fit_calibration
+from labelwise.plugins.cft.calibration import (calibrate_logits, calibration_errors, choose_thresholds,
+                                               fit_calibration, reliability_bins)
 
 
 def _miscalibrated(n, seed, p_known=None):
@@ -83,6 +84,42 @@ def test_errors_by_hand():
     assert e["known"] == 4
 
 
+def test_reliability_bins_by_hand():
+    p = np.array([[0.1, 0.95], [0.12, 0.5], [0.9, 0.05], [1.0, 0.3]])
+    y = np.array([[0, 1], [1, -1], [1, 0], [1, -1]])  # the unknown 0.5 and 0.3 are left out
+    r = reliability_bins(p, y, bins=5)
+    assert r["edges"].tolist() == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    # [0, 0.2): 0.1 (0), 0.12 (1), 0.05 (0); [0.8, 1.0]: 0.95 (1), 0.9 (1), 1.0 (1, the closed last bin)
+    assert r["counts"].tolist() == [3, 0, 0, 0, 3]
+    assert r["mean_confidence"][0] == pytest.approx(0.09) and r["mean_confidence"][4] == pytest.approx(2.85 / 3)
+    assert r["fraction_positive"][0] == pytest.approx(1 / 3) and r["fraction_positive"][4] == 1.0
+    assert np.isnan(r["mean_confidence"][1:4]).all() and np.isnan(r["fraction_positive"][1:4]).all()
+
+
+def test_reliability_bins_give_the_reported_ece():
+    z, y = _miscalibrated(500, 7, p_known=0.4)
+    p = 1 / (1 + np.exp(-z))
+    r = reliability_bins(p, y)  # 15 bins, as calibration_errors
+    full = r["counts"] > 0
+    ece = np.sum(r["counts"][full] / r["counts"].sum() * np.abs(r["fraction_positive"][full]
+                                                                 - r["mean_confidence"][full]))
+    overall = calibration_errors(p, y)["overall"]
+    assert r["counts"].sum() == overall["known"] == int((y >= 0).sum())
+    assert ece == pytest.approx(overall["ece"], rel=1e-12)
+
+
+def test_calibration_report_holds_the_reliability_bins():
+    z, y = _miscalibrated(400, 8, p_known=0.5)
+    _, _, report = calibrate_logits(z / 2, z, y, bins=10)
+    rel = report["reliability"]
+    assert len(rel["edges"]) == 11 and set(rel) == {"edges", "original_sigmoid", "cft_sigmoid", "calibrated"}
+    before = reliability_bins(1 / (1 + np.exp(-z / 2)), y, bins=10)
+    assert rel["original_sigmoid"]["counts"] == before["counts"].tolist()
+    assert rel["original_sigmoid"]["mean_confidence"] == [None if np.isnan(v) else pytest.approx(v)
+                                                          for v in before["mean_confidence"]]
+    json.dumps(report, allow_nan=False)  # empty bins are null, not NaN: strict JSON
+
+
 def test_f1_thresholds_by_hand():
     p = np.array([[0.2], [0.4], [0.6], [0.8]])
     y = np.array([[0], [1], [0], [1]])
@@ -110,6 +147,9 @@ def test_classes_that_cannot_be_fitted_keep_the_sigmoid():
     (lambda: fit_calibration(np.zeros((3, 2)), np.full((3, 2), 2)), DataError, "1 .positive., 0"),
     (lambda: calibration_errors(np.full((3, 2), 1.5), np.zeros((3, 2))), DataError, r"in \[0, 1\]"),
     (lambda: choose_thresholds(np.zeros((3, 2)), np.zeros((3, 2)), objective="auc"), ConfigError, "objective"),
+    (lambda: reliability_bins(np.zeros((3, 2)), np.zeros((3, 2)), bins=0), ConfigError, "bins must be a positive"),
+    (lambda: reliability_bins(np.full((3, 2), -0.1), np.zeros((3, 2))), DataError, r"in \[0, 1\]"),
+    (lambda: reliability_bins(np.zeros((3, 2)), np.zeros((2, 2))), DataError, r"shape \(3, 2\) and labels \(2, 2\)"),
 ])
 def test_bad_input(call, error, message):
     with pytest.raises(error, match=message):
@@ -148,3 +188,4 @@ def test_onnx_head_carries_the_calibration_and_thresholds(tmp_path, method):
     meta = read_metadata(tmp_path / "h.onnx")
     assert meta["calibration"] == method and len(json.loads(meta["thresholds"])) == 3
     assert set(json.loads(meta["calibration_errors_validation"])) == {"original_sigmoid", "cft_sigmoid", "calibrated"}
+    assert "source_sha256" not in meta  # no hash given: left out, not stored empty

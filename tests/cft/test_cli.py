@@ -8,6 +8,8 @@ import pytest
 from conftest import run_python
 from labelwise.cli import main
 from labelwise.plugins.cft.synthetic import make_synthetic_problem
+from labelwise.utils.fileio import is_labelwise_figure
+from labelwise.utils.fingerprint import file_sha256
 
 FAST = ["--epochs", "25", "--early-stopping", "8", "--population", "10", "--no-progress"]
 
@@ -32,6 +34,7 @@ def test_npz_outputs_and_onnx(npz, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "cft best: mean validation AP" in printed
     assert re.search(r"calibration platt on \d+ known validation entries \(in-sample\): ECE [0-9.]+ -> [0-9.]+", printed)
+    assert f"reliability diagram: {out / 'cft_reliability.png'}\n" in printed
     report = json.loads((out / "cft_report.json").read_text())
     head = np.load(out / "cft_head.npz")
     assert head["weight"].shape == (5, 10) and head["bias"].shape == (5,)
@@ -39,10 +42,12 @@ def test_npz_outputs_and_onnx(npz, tmp_path, capsys):
     assert report["summary"]["mean_score_after"] >= report["summary"]["mean_score_before"]
     assert report["onnx_max_abs_diff"] <= 1e-5
     assert (out / "cft_scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert is_labelwise_figure(out / "cft_reliability.png")
+    assert report["plots"] == {"scores": "cft_scores.png", "reliability": "cft_reliability.png"}
     meta = read_metadata(out / "cft_head.onnx")
     assert json.loads(meta["class_names"]) == ["cat", "dog", "car", "sky", "sea"]
     assert json.loads(meta["changed_categories"]) == report["summary"]["changed"]
-    assert meta["metric"] == "ap" and meta["source_sha256"] == report["source_sha256"]
+    assert meta["metric"] == "ap" and meta["source_sha256"] == report["source_sha256"] == file_sha256(npz)
     assert not list(out.glob("*.data"))  # one self-contained file
     session = ort.InferenceSession(str(out / "cft_head.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 7):  # dynamic batch axis
@@ -80,6 +85,22 @@ def test_npz_resume_and_errors(npz, tmp_path, capsys):
     assert "give either --npz FILE or --config CONFIG --checkpoint CKPT" in capsys.readouterr().err
 
 
+def test_no_plot_writes_no_reliability_diagram(npz, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["cft", "--npz", str(npz), "--out", str(out), "--no-onnx", "--no-plot", *FAST]) == 0
+    assert "reliability diagram" not in capsys.readouterr().out and not list(out.glob("*.png"))
+    assert json.loads((out / "cft_report.json").read_text())["plots"] == {}
+
+
+def test_full_onnx_with_npz_is_refused_before_fitting(npz, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["cft", "--npz", str(npz), "--out", str(out), "--full-onnx", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"labelwise cft: error: --full-onnx needs a model (--config CONFIG --checkpoint CKPT) to export "
+                   f"backbone + calibrated head; --npz {npz} holds features only (cft_head.onnx is the head alone)")
+    assert not out.exists()  # refused before anything was fitted or written
+
+
 def test_torchrun_two_processes_equal_one(npz, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--npz", str(npz), "--no-onnx", "--no-plot", "--optimizer", "best", "--lr", "0.01", *FAST]
@@ -93,3 +114,9 @@ def test_torchrun_two_processes_equal_one(npz, tmp_path):
     ra = json.loads((one / "cft_report.json").read_text())["categories"]
     rb = json.loads((two / "cft_report.json").read_text())["categories"]
     assert [r["score_after"] for r in ra] == [r["score_after"] for r in rb]
+    # the merged head is calibrated as one process calibrates it (not left at the plain sigmoid)
+    ca = json.loads((one / "cft_report.json").read_text())["calibration"]
+    cb = json.loads((two / "cft_report.json").read_text())["calibration"]
+    assert ca is not None and ca == cb
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key

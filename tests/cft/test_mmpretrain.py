@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from labelwise.errors import ConfigError
+from labelwise.plugins.cft.options import CFTOptions
 
 TINY = {
     "model.backbone.base_channels": 8,
@@ -35,9 +36,12 @@ def hooked_run(tiny_digits, tmp_path_factory):
 
 
 def test_hook_writes_calibrated_outputs(hooked_run, tiny_digits):
+    import onnx
+
     from labelwise.checkpoint import load_checkpoint
     from labelwise.data import load_regime
     from labelwise.plugins.cft.onnx_export import read_metadata
+    from labelwise.utils.fileio import is_labelwise_figure
 
     work, metrics = hooked_run
     out = work / "cft"
@@ -60,7 +64,12 @@ def test_hook_writes_calibrated_outputs(hooked_run, tiny_digits):
     assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
     assert json.loads(meta["changed_categories"]) == report["summary"]["changed"]
     assert (out / "cft_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert is_labelwise_figure(out / "cft_reliability.png") and report["plots"]["reliability"] == "cft_reliability.png"
     assert sorted(p.name for p in out.glob("cft_state/category*")) != []
+    # trained in memory: no single file holds the calibrated weights, so no hash anywhere (not even "")
+    assert report["source"] == "the runner's model after training" and "source_sha256" not in report
+    assert "source_sha256" not in {p.key for p in onnx.load(str(out / "cft_head.onnx")).metadata_props}
+    assert "source_sha256" not in load_checkpoint(out / "calibrated.pth")["meta"]
 
 
 def test_cli_config_checkpoint(hooked_run, tiny_digits, tmp_path, capsys):
@@ -86,6 +95,89 @@ def test_cli_config_checkpoint(hooked_run, tiny_digits, tmp_path, capsys):
     for a, b in zip(report["categories"], hook_report["categories"]):
         if a["skipped"] is None:
             assert a["score_before"] == pytest.approx(b["score_before"], abs=1e-6)
+
+
+def test_hook_on_an_untrained_resume_hashes_the_checkpoint(hooked_run, tiny_digits, tmp_path):
+    """Resuming a finished run trains no step: the calibrated weights are the resumed checkpoint's."""
+    import onnx
+    from mmengine.runner import Runner
+
+    from labelwise.adapters.mmpretrain.runner import load_config
+    from labelwise.checkpoint import load_checkpoint
+    from labelwise.utils.fingerprint import file_sha256
+
+    checkpoint = hooked_run[0] / "epoch_1.pth"
+    cfg = load_config("baseline/digits_partial", work_dir=tmp_path, data_root=tiny_digits, cfg_options=TINY)
+    cfg.load_from, cfg.resume = str(checkpoint), True
+    cfg.custom_hooks = [dict(type="labelwise.CFTHook", val_ann="partial-p0.3/val.json", options=CFT, progress=False,
+                             plot=False)]
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    # resumed after epoch 1 of 1: no step taken, no checkpoint saved
+    assert runner.iter == load_checkpoint(checkpoint)["meta"]["iter"] > 0 and not list(tmp_path.glob("epoch_*.pth"))
+    out = tmp_path / "cft"
+    report = json.loads((out / "cft_report.json").read_text())
+    meta = {p.key: p.value for p in onnx.load(str(out / "cft_head.onnx")).metadata_props}
+    assert report["source"] == meta["source"] == str(checkpoint)
+    assert report["source_sha256"] == meta["source_sha256"] == file_sha256(checkpoint)
+
+
+def _csra_cfg(tiny_digits, work_dir):
+    from labelwise.adapters.mmpretrain.runner import load_config
+
+    cfg = load_config("baseline/digits_partial", work_dir=work_dir, data_root=tiny_digits, cfg_options=TINY)
+    cfg.model.neck = None  # CSRA attends over the spatial map
+    cfg.model.head = dict(type="CSRAClsHead", num_classes=10, in_channels=64, num_heads=1, lam=0.1,
+                          loss=dict(type="CrossEntropyLoss", use_sigmoid=True))
+    cfg.custom_hooks = [dict(type="labelwise.CFTHook", val_ann="partial-p0.3/val.json", options=CFT, progress=False)]
+    return cfg
+
+
+def test_hook_refuses_a_head_without_a_linear_layer_before_training(tiny_digits, tmp_path):
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(_csra_cfg(tiny_digits, tmp_path))
+    assert type(runner.model.head).__name__ == "CSRAClsHead" and not hasattr(runner.model.head, "fc")
+    with pytest.raises(ConfigError) as info:
+        runner.train()
+    assert str(info.value) == (
+        "CFTHook (checked before training): CFT re-fits model.head.fc, an nn.Linear on the pooled feature vector, "
+        "but model.head is a CSRAClsHead, which has no fc: its last step is class-specific residual attention over "
+        "the spatial feature map, not one linear layer, so it cannot be re-fitted as a linear head; use a head whose "
+        "last step is one nn.Linear (fc) on a pooled feature vector, such as LinearClsHead or "
+        "MultiLabelLinearClsHead")
+    assert runner.iter == 0 and not list(tmp_path.glob("*.pth")) and not (tmp_path / "cft").exists()
+
+
+def test_calibrate_checkpoint_refuses_the_same_head_with_the_same_message(tiny_digits, tmp_path):
+    """One lookup for the hook and the after-training / checkpoint path."""
+    from mmengine.runner import Runner
+
+    from labelwise.adapters.mmpretrain.cft import calibrate_model
+
+    cfg = _csra_cfg(tiny_digits, tmp_path)
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ConfigError, match=r"^CFT re-fits model.head.fc, an nn.Linear on the pooled feature vector, "
+                                          r"but model.head is a CSRAClsHead, which has no fc: its last step is "
+                                          r"class-specific residual attention"):
+        calibrate_model(runner.model, cfg, {}, {}, tmp_path / "cft", options=CFTOptions())
+
+
+def test_before_train_passes_a_linear_head_and_checks_the_datasets(tiny_digits, tmp_path):
+    from mmengine.runner import Runner
+
+    from labelwise.adapters.mmpretrain.runner import load_config
+
+    cfg = load_config("baseline/digits_partial", work_dir=tmp_path, data_root=tiny_digits, cfg_options=TINY)
+    cfg.custom_hooks = [dict(type="labelwise.CFTHook", val_ann="partial-p0.3/val.json", options=CFT, progress=False)]
+    runner = Runner.from_cfg(cfg)
+    (hook,) = [h for h in runner.hooks if type(h).__name__ == "CFTHook"]
+    assert type(runner.model.head).__name__ == "MultiLabelLinearClsHead"
+    hook.before_train(runner)  # a linear head and both splits: passes
+    assert hook._start_iter == 0 and hook._loaded_checkpoint is None
+    hook.val_ann = None  # the config has no val_dataloader: CFT would have no validation split
+    with pytest.raises(ConfigError, match="CFT needs val_dataloader to find its dataset, or val_ann="):
+        hook.before_train(runner)
 
 
 def test_hook_needs_a_validation_split(tiny_digits, tmp_path):
@@ -206,7 +298,6 @@ def test_full_onnx_records_the_channel_order_and_matches_the_model(tmp_path):
     from labelwise.adapters.mmpretrain.cft import _export_full
     from labelwise.plugins.cft.calibrate import CFTResult
     from labelwise.plugins.cft.onnx_export import read_metadata
-    from labelwise.plugins.cft.options import CFTOptions
 
     ort = pytest.importorskip("onnxruntime")
     model = _tiny_classifier(to_rgb=False)  # a BGR model: the graph flips its RGB input
@@ -225,3 +316,48 @@ def test_full_onnx_records_the_channel_order_and_matches_the_model(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"images": bgr.flip(0)[None].float().numpy()})[0]
     np.testing.assert_allclose(logits, expected.numpy(), rtol=0, atol=1e-4)
+
+
+def test_cli_full_onnx_writes_the_whole_model_checked_with_onnxruntime(tiny_digits, tmp_path, capsys):
+    """`labelwise cft --config --checkpoint --full-onnx`: backbone + calibrated head in one self-contained graph."""
+    import onnx
+    from mmpretrain.structures import DataSample
+
+    from conftest import make_tiny_mm_model
+    from labelwise.adapters.mmpretrain.runner import build_trained_model
+    from labelwise.cli import main
+    from labelwise.utils.fingerprint import file_sha256
+
+    ort = pytest.importorskip("onnxruntime")
+    config, checkpoint, _ = make_tiny_mm_model(tmp_path, base="baseline/digits_partial.py")
+    out = tmp_path / "out"
+    status = main(["cft", "--config", str(config), "--checkpoint", str(checkpoint), "--data-root", str(tiny_digits),
+                   "--val-ann", "partial-p0.3/val.json", "--out", str(out), "--epochs", "10", "--early-stopping", "4",
+                   "--population", "6", "--no-plot", "--no-progress", "--full-onnx"])
+    assert status == 0
+    report = json.loads((out / "cft_report.json").read_text())
+    printed = capsys.readouterr().out
+    assert f"full model ONNX: {out / 'cft_model.onnx'} (onnxruntime vs PyTorch: max |logit difference| " in printed
+    assert 0 <= report["full_onnx_max_abs_diff"] <= 1e-4
+    assert not list(out.glob("*.data")) and (out / "cft_head.onnx").is_file()  # one self-contained file each
+    meta = {p.key: p.value for p in onnx.load(str(out / "cft_model.onnx")).metadata_props}
+    assert meta["source_sha256"] == report["source_sha256"] == file_sha256(checkpoint)
+    assert meta["input_channel_order"] == "RGB"
+    session = ort.InferenceSession(str(out / "cft_model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "labels"]
+    # the graph on an image = the calibrated model's own logits (mmpretrain's preprocessor and forward), then the
+    # head's calibration and thresholds
+    model, _ = build_trained_model(config, out / "calibrated.pth", work_dir=tmp_path / "check")
+    model.eval()
+    head = np.load(out / "cft_head.npz")
+    assert meta["inputs"].startswith("images (batch, 3, 64, 64) float32 RGB in 0..255")  # the digit scenes' size
+    bgr = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        data = model.data_preprocessor({"inputs": [bgr], "data_samples": [DataSample()]}, False)
+        expected = model(data["inputs"], mode="tensor").numpy()
+    logits, probabilities, labels = session.run(None, {"images": bgr.flip(0)[None].float().numpy()})
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+    z = logits.astype(np.float64) * head["calibration_scale"] + head["calibration_shift"]
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-z)), atol=1e-5)
+    assert np.array_equal(labels, (probabilities >= head["thresholds"]).astype(np.int64))

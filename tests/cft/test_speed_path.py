@@ -183,3 +183,40 @@ def test_a_failing_category_stops_the_others_and_raises():
     before = torch.get_num_threads()
     assert run_categories([Job(5)], lambda job, stop: job.category * 2, workers=4, cpu=True) == {5: 10}
     assert torch.get_num_threads() == before  # intra-op threads are restored
+
+
+def test_idle_workers_run_pieces_elsewhere_only_when_categories_run_out():
+    import threading
+
+    from labelwise.plugins.cft.workers import IdleWorkers
+
+    idle = IdleWorkers(2)
+    try:
+        where = lambda item: (item, threading.get_ident())  # noqa: E731
+        assert not idle.idle  # every worker has a category: pieces run in the calling thread
+        assert {t for _, t in idle.map(where, [0, 1, 2])} == {threading.get_ident()}
+        idle.running = 1  # one category left: the other worker is lent to it
+        out = idle.map(where, [0, 1, 2])
+        assert [i for i, _ in out] == [0, 1, 2] and out[0][1] == threading.get_ident()
+        assert {t for _, t in out[1:]} != {threading.get_ident()}
+    finally:
+        idle.close()
+    assert IdleWorkers(1).map(lambda i: i * 2, [1, 2]) == [2, 4]  # one worker: nothing to lend
+
+
+def test_ga_with_a_long_last_category_gives_the_same_rows_on_one_and_two_workers(problem, monkeypatch):
+    """The tail of a run (fewer categories than workers) splits a generation's fitness across
+    idle workers; the rows must not change."""
+    from labelwise.plugins.cft import engine, workers
+
+    monkeypatch.setattr(engine, "LEND_MIN_PRODUCT", 0)  # lend even on this small input
+    lent = []
+    real_map = workers.IdleWorkers.map
+    monkeypatch.setattr(workers.IdleWorkers, "map",
+                        lambda self, fn, items: (lent.append(self.idle), real_map(self, fn, items))[1])
+    options = dict(QUICK, epochs=80, early_stopping=None)
+    runs = [_fit(problem, CFTOptions(**options, threads=t)) for t in (1, 2, 5)]
+    assert any(lent)  # the idle workers were used
+    for other in runs[1:]:
+        assert torch.equal(runs[0].weight, other.weight) and torch.equal(runs[0].bias, other.bias)
+        assert runs[0].categories == other.categories

@@ -3,7 +3,8 @@
 Features are the classifier's ``head.pre_logits(extract_feat(inputs))`` in eval mode, computed
 with the config's **test** pipeline (no augmentation) on a training split (CFT's fitting data)
 and a validation split (selection). The final layer is ``head.fc`` (an ``nn.Linear``, as in
-``LinearClsHead`` and ``MultiLabelLinearClsHead``). Labels: a
+``LinearClsHead`` and ``MultiLabelLinearClsHead``); :class:`CFTHook` checks for it before
+training starts. Labels: a
 :class:`~labelwise.adapters.mmpretrain.datasets.PartialMultiLabelDataset` gives 1 / 0 / -1;
 any other multi-label dataset gives fully known labels (its ``gt_label`` positives, the rest
 negatives).
@@ -30,12 +31,26 @@ FULL_ONNX = "cft_model.onnx"
 class CFTHook(Hook):
     """Run CFT after training and write the calibrated head (``type='labelwise.CFTHook'``).
 
+    Before training starts the hook checks that CFT will be able to run: the model (the EMA
+    copy under an ``EMAHook``) has a re-fittable final layer ``model.head.fc`` (an
+    ``nn.Linear`` on the pooled feature vector) and the config gives the train and validation
+    datasets; otherwise it raises :class:`~labelwise.errors.ConfigError` then, not after
+    training.
+
     After ``runner.train()`` finishes, features of ``train_ann`` and ``val_ann`` are extracted
     with the test pipeline, CFT calibrates ``model.head.fc``, and rank 0 writes into
     ``out_dir``: ``calibrated.pth`` (the model's state dict with the calibrated layer),
-    ``cft_head.npz``, ``cft_report.json``, ``cft_scores.png`` and ``cft_head.onnx`` (plus
-    ``cft_model.onnx``, backbone + calibrated head, with ``full_onnx=True``). Under a
-    distributed launcher, feature extraction and categories are split over the ranks.
+    ``cft_head.npz``, ``cft_report.json``, ``cft_scores.png``, ``cft_reliability.png`` and
+    ``cft_head.onnx`` (plus ``cft_model.onnx``, backbone + calibrated head, with
+    ``full_onnx=True``). Under a distributed launcher, feature extraction and categories are
+    split over the ranks.
+
+    Provenance: the calibrated weights are the trained ones in memory, which no single file
+    holds, so the report, the ONNX metadata and ``calibrated.pth`` carry no ``source_sha256``
+    (``source`` says where training started). Only when the train loop ran no iteration (a
+    resumed run that had already finished) are they the weights of the checkpoint the runner
+    loaded (``load_from`` or the resumed checkpoint); then ``source`` is that file and
+    ``source_sha256`` its SHA-256.
 
     Under an ``EMAHook`` (mmengine's or mmpretrain's) the trained model is the EMA copy: the
     hook saves its weights as the checkpoints' ``state_dict`` and swaps them in before every
@@ -66,7 +81,7 @@ class CFTHook(Hook):
             ``runner.test()`` evaluates it; under an ``EMAHook`` see above). Default False.
         onnx: export the calibrated head to ONNX. Default True.
         full_onnx: also export backbone + calibrated head as one graph. Default False.
-        plot: write the PNG plot. Default True.
+        plot: write the PNG plots (scores, reliability diagram). Default True.
         batch_size: feature-extraction batch size. Default 64.
         progress: show progress bars. Default True.
     """
@@ -80,26 +95,68 @@ class CFTHook(Hook):
         self.options = CFTOptions(**(options or {}))
         self.out_dir, self.apply, self.onnx, self.full_onnx, self.plot = out_dir, apply, onnx, full_onnx, plot
         self.batch_size, self.progress = batch_size, progress
+        self._start_iter, self._loaded_checkpoint = None, None
+
+    def before_train(self, runner) -> None:
+        """Fail before training when CFT could not run after it (no ``head.fc`` to re-fit, no datasets).
+
+        Raises:
+            ConfigError: naming the head's class, what CFT looks for and the heads that work;
+                or the missing dataset.
+        """
+        model, ema = _runner_models(runner)
+        try:
+            _final_layer(ema if ema is not None else model)
+        except ConfigError as exc:
+            raise ConfigError(f"CFTHook (checked before training): {exc}") from None
+        _dataset_cfg(runner.cfg, "train_dataloader", self.train_ann, what="train_ann")
+        _dataset_cfg(runner.cfg, "val_dataloader", self.val_ann, what="val_ann")
+        self._start_iter, self._loaded_checkpoint = runner.iter, _loaded_checkpoint(runner)
 
     def after_train(self, runner) -> None:
+        from labelwise.utils.fingerprint import file_sha256
+
         cfg = runner.cfg
         train_ds = _dataset_cfg(cfg, "train_dataloader", self.train_ann, what="train_ann")
         val_ds = _dataset_cfg(cfg, "val_dataloader", self.val_ann, what="val_ann")
         out = Path(self.out_dir) if self.out_dir else Path(runner.work_dir) / "cft"
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        ema = _evaluated_ema_model(runner)
+        model, ema = _runner_models(runner)
         if ema is not None:
             runner.logger.info("CFT: an EMAHook evaluates the EMA weights; calibrating the EMA model"
                                + (" and loading it, calibrated, into the runner's model" if self.apply else ""))
+        checkpoint = self._loaded_checkpoint
+        if checkpoint is not None and runner.iter == self._start_iter and Path(checkpoint).is_file():
+            source, source_sha256 = checkpoint, file_sha256(checkpoint)  # no step taken: the file's weights
+        else:  # trained in memory: no single file holds these weights
+            source = "the runner's model after training" + (f" (started from {checkpoint})" if checkpoint else "")
+            source_sha256 = None
         summary = calibrate_model(ema if ema is not None else model, cfg, train_ds, val_ds, out,
                                   options=self.options, apply=self.apply, onnx=self.onnx,
                                   full_onnx=self.full_onnx, plot=self.plot, batch_size=self.batch_size,
-                                  progress=self.progress, source=str(getattr(runner, "_load_from", "") or "runner"))
+                                  progress=self.progress, source=source, source_sha256=source_sha256)
         if ema is not None and self.apply:
             # runner.test() rebuilds the EMA copy from the raw model (EMAHook.before_run)
             model.load_state_dict(ema.state_dict())
         runner.logger.info(f"CFT: mean validation {self.options.metric} {summary['mean_score_before']} -> "
                            f"{summary['mean_score_after']}; changed {summary['changed']}; wrote {out}")
+
+
+def _runner_models(runner):
+    """``(model, EMA model or None)`` of ``runner``: the model unwrapped from its DDP wrapper, and
+    the EMA copy an ``EMAHook`` evaluates (the one CFT calibrates when there is one)."""
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    return model, _evaluated_ema_model(runner)
+
+
+def _loaded_checkpoint(runner) -> str | None:
+    """The checkpoint ``runner.train()`` loaded its weights from (``load_from``, or with ``resume``
+    the given or the latest one in ``work_dir``), or None. Call it before training saves new ones."""
+    load_from = getattr(runner, "_load_from", None)
+    if getattr(runner, "_resume", False) and load_from is None:
+        from mmengine.runner import find_latest_checkpoint
+
+        load_from = find_latest_checkpoint(runner.work_dir)
+    return str(load_from) if load_from else None
 
 
 def _evaluated_ema_model(runner):
@@ -180,18 +237,49 @@ def extract_features(model, dataset_cfg: dict, *, batch_size: int = 64, num_work
     return features.numpy(), _labels_of(dataset)
 
 
+#: Why a head without ``fc`` cannot be re-fitted, for the heads whose last step is known.
+_NOT_LINEAR = {
+    "CSRAClsHead": "its last step is class-specific residual attention over the spatial feature map, not one "
+                   "linear layer, so it cannot be re-fitted as a linear head",
+}
+
+
 def _final_layer(model) -> nn.Linear:
-    fc = getattr(getattr(model, "head", None), "fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise ConfigError(f"CFT calibrates model.head.fc, an nn.Linear; {type(model).__name__}.head "
-                          f"({type(getattr(model, 'head', None)).__name__}) has none")
-    return fc
+    """The layer CFT re-fits: ``model.head.fc``, an ``nn.Linear`` on the pooled feature vector.
+
+    The one lookup of both :meth:`CFTHook.before_train` and :func:`calibrate_model`.
+
+    Raises:
+        ConfigError: the model has none; the message names the head's class, what was looked
+            for and which heads work.
+    """
+    head = getattr(model, "head", None)
+    fc = getattr(head, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return fc
+    if head is None:
+        found = f"{type(model).__name__} has no head"
+    else:
+        name = type(head).__name__
+        found = (f"model.head is a {name}, whose fc is a {type(fc).__name__}" if fc is not None
+                 else f"model.head is a {name}, which has no fc")
+        if name in _NOT_LINEAR:
+            found += f": {_NOT_LINEAR[name]}"
+    raise ConfigError(f"CFT re-fits model.head.fc, an nn.Linear on the pooled feature vector, but {found}; use a "
+                      "head whose last step is one nn.Linear (fc) on a pooled feature vector, such as LinearClsHead "
+                      "or MultiLabelLinearClsHead")
 
 
 def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir, *, options: CFTOptions,
                     apply: bool = False, onnx: bool = True, full_onnx: bool = False, plot: bool = True,
-                    batch_size: int = 64, progress: bool = True, source: str = "", source_sha256: str = "") -> dict:
-    """Extract features, run CFT, and (rank 0) write the outputs; return the run's summary."""
+                    batch_size: int = 64, progress: bool = True, source: str = "",
+                    source_sha256: str | None = None) -> dict:
+    """Extract features, run CFT, and (rank 0) write the outputs; return the run's summary.
+
+    ``source_sha256`` is the SHA-256 of the single file the weights came from (a checkpoint);
+    ``None`` when there is none (weights trained in memory): the key is then left out of the
+    report, the ONNX metadata and ``calibrated.pth``'s ``meta``.
+    """
     from labelwise.checkpoint import save_checkpoint
     from labelwise.utils.distributed import is_main_process
     from labelwise.workflows.cft import fit_and_write
@@ -207,7 +295,8 @@ def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir,
         if not full_onnx:
             return {}
         return {"full_onnx_max_abs_diff": _export_full(model, result, out / FULL_ONNX, size=_image_size(val_dataset),
-                                                       classes=classes, source_sha256=source_sha256)}
+                                                       classes=classes, source=source,
+                                                       source_sha256=source_sha256)}
 
     result = fit_and_write(train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(),
                            options=options, class_names=classes, out_dir=out, device=device, progress=progress,
@@ -220,8 +309,10 @@ def calibrate_model(model, cfg, train_dataset: dict, val_dataset: dict, out_dir,
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         prefix = next(k for k, v in model.named_parameters() if v is fc.weight)[: -len("weight")]
         state[prefix + "weight"], state[prefix + "bias"] = result.weight.clone(), result.bias.clone()
-        save_checkpoint({"state_dict": state, "meta": {"cft": result.summary(), "source": source,
-                                                       "source_sha256": source_sha256}}, out / CALIBRATED_CHECKPOINT)
+        meta = {"cft": result.summary(), "source": source}
+        if source_sha256:
+            meta["source_sha256"] = source_sha256
+        save_checkpoint({"state_dict": state, "meta": meta}, out / CALIBRATED_CHECKPOINT)
     return result.summary()
 
 
@@ -281,8 +372,11 @@ def _image_to_features(model) -> _ImageToFeatures:
     return _ImageToFeatures(copy.deepcopy(model).cpu().eval(), mean, std, bgr=not to_rgb)
 
 
-def _export_full(model, result, path, *, size, classes, source_sha256) -> float:
-    """Export backbone + calibrated head as one graph taking RGB images ``(B, 3, *size)``."""
+def _export_full(model, result, path, *, size, classes, source: str = "", source_sha256: str | None = None) -> float:
+    """Export backbone + calibrated head as one graph taking RGB images ``(B, 3, *size)``.
+
+    ``source_sha256`` goes into the metadata only when given (see :func:`head_metadata`).
+    """
     from labelwise.plugins.cft.onnx_export import CalibratedHead, export_onnx, head_metadata, verify_onnx
 
     body = _image_to_features(model)
@@ -290,8 +384,8 @@ def _export_full(model, result, path, *, size, classes, source_sha256) -> float:
     generator = torch.Generator().manual_seed(result.options.seed)
     example = torch.rand(2, 3, *size, generator=generator) * 255
     order = "BGR" if body.bgr else "RGB"
-    metadata = head_metadata(result, classes, source_sha256=source_sha256, input_channel_order="RGB",
-                             model_channel_order=order,
+    metadata = head_metadata(result, classes, source=str(source), source_sha256=source_sha256,
+                             input_channel_order="RGB", model_channel_order=order,
                              inputs=f"images (batch, 3, {size[0]}, {size[1]}) float32 RGB in 0..255 (converted to "
                                     f"the model's {order} order and normalised inside)")
     export_onnx(module, path, example, metadata=metadata, input_name="images")

@@ -57,7 +57,7 @@ def extract_timm_features(model, loader, *, device=None, progress: bool = True):
 def calibrate_timm_model(model, train_loader, val_loader, *, options: CFTOptions | None = None, out_dir=None,
                          class_names=None, apply: bool = False, onnx: bool = True, full_onnx: bool = False,
                          example_input: torch.Tensor | None = None, plot: bool = True, device=None,
-                         progress: bool = True, source: str = "", source_sha256: str = ""):
+                         progress: bool = True, checkpoint=None, source: str | None = None):
     """Run CFT on a timm model's classifier.
 
     Args:
@@ -74,25 +74,39 @@ def calibrate_timm_model(model, train_loader, val_loader, *, options: CFTOptions
             classifier (needs ``example_input``, e.g. ``torch.zeros(1, 3, 64, 64)``, already
             normalised as the model expects).
         device: where to compute (default: the model's device).
+        checkpoint: the file ``model``'s weights were loaded from, if any: its SHA-256 becomes
+            ``source_sha256`` in the report and the ONNX metadata. Default ``None``: the key
+            is left out (no single file is known to hold the weights).
+        source: where the model came from, for the report and metadata. Default: ``checkpoint``
+            (or ``""``).
 
     Returns:
         The :class:`~labelwise.plugins.cft.calibrate.CFTResult`.
+
+    Raises:
+        ConfigError: the classifier is not an ``nn.Linear``, or ``full_onnx`` without
+            ``example_input``.
+        DataError: ``checkpoint`` cannot be read.
     """
+    from labelwise.utils.fingerprint import file_sha256
     from labelwise.workflows.cft import fit_and_write
 
     fc = timm_classifier(model)
+    if out_dir is not None and full_onnx and example_input is None:
+        raise ConfigError("full_onnx=True needs example_input, e.g. torch.zeros(1, 3, 64, 64)")
+    source_sha256 = file_sha256(checkpoint) if checkpoint is not None and out_dir is not None else None
+    source = str(checkpoint if checkpoint is not None else "") if source is None else str(source)
     device = device or fc.weight.device
     train_x, train_y = extract_timm_features(model, train_loader, device=device, progress=progress)
     val_x, val_y = extract_timm_features(model, val_loader, device=device, progress=progress)
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(fc.out_features)]
-    if out_dir is not None and full_onnx and example_input is None:
-        raise ConfigError("full_onnx=True needs example_input, e.g. torch.zeros(1, 3, 64, 64)")
 
     def full_export(result) -> dict:
         if not full_onnx:
             return {}
         return {"full_onnx_max_abs_diff": export_timm_onnx(model, result, Path(out_dir) / "cft_model.onnx",
-                                                           example_input, class_names=names)}
+                                                           example_input, class_names=names, source=source,
+                                                           source_sha256=source_sha256)}
 
     result = fit_and_write(train_x, train_y, val_x, val_y, fc.weight.detach().cpu(), fc.bias.detach().cpu(),
                            options=options or CFTOptions(), class_names=names, out_dir=out_dir, device=device,
@@ -114,8 +128,12 @@ class _PreLogits(nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-def export_timm_onnx(model, result, path, example_input: torch.Tensor, *, class_names) -> float:
-    """One ONNX graph: timm backbone + calibrated head (images -> logits, probabilities).
+def export_timm_onnx(model, result, path, example_input: torch.Tensor, *, class_names, source: str = "",
+                     source_sha256: str | None = None) -> float:
+    """One ONNX graph: timm backbone + calibrated head (images -> logits, probabilities, labels).
+
+    ``source`` and ``source_sha256`` (SHA-256 of the checkpoint file, left out when ``None``)
+    go into the metadata.
 
     Returns the max abs difference between onnxruntime and PyTorch on random inputs.
     """
@@ -124,7 +142,8 @@ def export_timm_onnx(model, result, path, example_input: torch.Tensor, *, class_
     body = copy.deepcopy(model).cpu().eval()
     module = CalibratedHead.from_result(result, body=_PreLogits(body))
     shape = tuple(example_input.shape[1:])
-    metadata = head_metadata(result, class_names, inputs=f"images (batch, {', '.join(map(str, shape))}) float32, "
+    metadata = head_metadata(result, class_names, source=str(source), source_sha256=source_sha256,
+                             inputs=f"images (batch, {', '.join(map(str, shape))}) float32, "
                              "normalised as the timm model expects")
     export_onnx(module, path, example_input.cpu(), metadata=metadata, input_name="images")
     generator = torch.Generator().manual_seed(result.options.seed)

@@ -44,7 +44,8 @@ def labelwise_add_commands(subparsers):
         description="CFT re-fits each category's row of the final linear layer on the known labels only "
         "(genetic algorithm and/or Adam on the asymmetric loss), keeping a row only when its validation score "
         "strictly improves. Input: a .npz of features, labels and the head, or an mmpretrain config and "
-        "checkpoint. Output in --out: cft_head.npz, cft_report.json, cft_scores.png, cft_head.onnx. "
+        "checkpoint. Output in --out: cft_head.npz, cft_report.json, cft_scores.png, cft_reliability.png, "
+        "cft_head.onnx (and cft_model.onnx, backbone + calibrated head, with --config ... --full-onnx). "
         "An interrupted run resumes from --out/cft_state.",
     )
     add_arguments(parser)

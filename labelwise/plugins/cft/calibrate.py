@@ -20,11 +20,12 @@ import torch
 
 from labelwise.errors import ConfigError, DataError
 from labelwise.labels import check_partial_labels
-from labelwise.plugins.cft.engine import CategoryRows, OptimizerResult, category_seed, make_job, run_bp, run_ga
+from labelwise.plugins.cft.engine import (CategoryRows, OptimizerResult, category_seed, make_job, run_bp, run_ga,
+                                         workers_for)
 from labelwise.plugins.cft.options import CFTOptions
 from labelwise.utils.fileio import write_json
 
-__all__ = ["CFTResult", "fit_calibrated_head"]
+__all__ = ["CFTResult", "fit_calibrated_head", "with_calibration"]
 
 STATE_FORMAT = "labelwise-cft-state/1"
 
@@ -135,14 +136,16 @@ def fit_calibrated_head(
     train_x = torch.as_tensor(data["train_features"], device=device)
     val_x = torch.as_tensor(data["val_features"], device=device)
     rows = torch.cat([torch.as_tensor(data["weight"]), torch.as_tensor(data["bias"])[:, None]], dim=1).to(device)
-    budget = [options.cache_bytes]
+    # a category holds a contiguous copy of its known rows (train and validation) only while it
+    # runs, and `workers` categories run at once: they share the cache budget
+    per_category = options.cache_bytes // workers_for(options, device)
+    need = {(split, c): int((labels[:, c] >= 0).sum()) * dim * 4
+            for split, labels in (("train", data["train_labels"]), ("val", data["val_labels"])) for c in wanted}
 
     def split_rows(x, labels, c):
         known = labels[:, c] >= 0
         index = torch.as_tensor(np.flatnonzero(known), dtype=torch.int64)
-        need = int(known.sum()) * dim * 4
-        cache = need <= budget[0]
-        budget[0] -= need if cache else 0
+        cache = need["train", c] + need["val", c] <= per_category
         return CategoryRows(x, index, labels[known, c] == 1, cache=cache, chunk_rows=options.chunk_rows)
 
     reports, jobs, done = {}, {name: [] for name in options.optimizers}, {}
@@ -200,15 +203,30 @@ def fit_calibrated_head(
             row = done[c, best_name].row.numpy()
             weight_out[c], bias_out[c] = row[:-1], row[-1]
             report["changed"] = bool(not np.array_equal(row[:-1], data["weight"][c]) or row[-1] != data["bias"][c])
+    result = CFTResult(torch.from_numpy(weight_out), torch.from_numpy(bias_out), [reports[c] for c in wanted], options,
+                       time.perf_counter() - start_time)
+    return with_calibration(result, data["val_features"], data["val_labels"], data["weight"], data["bias"])
+
+
+def with_calibration(result: CFTResult, val_features, val_labels, weight, bias) -> CFTResult:
+    """``result`` with the probability calibration of its head fitted on the known validation labels.
+
+    Args:
+        result: a :class:`CFTResult` (its ``weight`` / ``bias`` are the re-fitted head).
+        val_features, val_labels: ``(M, D)`` and ``(M, C)`` (1 / 0 / -1), already checked.
+        weight, bias: the original head, for the "before" figures of the report.
+    """
     from labelwise.plugins.cft.calibration import calibrate_logits
 
-    val_x = data["val_features"].astype(np.float64)
+    options = result.options
+    val_x = np.asarray(val_features, dtype=np.float64)
+    weight_out, bias_out = result.weight.numpy().astype(np.float64), result.bias.numpy().astype(np.float64)
     calibration, thresholds, calibration_report = calibrate_logits(
-        val_x @ data["weight"].T.astype(np.float64) + data["bias"], val_x @ weight_out.T.astype(np.float64) + bias_out,
-        data["val_labels"], method=options.calibration, objective=options.threshold_objective,
-        bins=options.calibration_bins)
-    return CFTResult(torch.from_numpy(weight_out), torch.from_numpy(bias_out), [reports[c] for c in wanted], options,
-                     time.perf_counter() - start_time, calibration, thresholds, calibration_report)
+        val_x @ np.asarray(weight, dtype=np.float64).T + np.asarray(bias, dtype=np.float64),
+        val_x @ weight_out.T + bias_out, val_labels, method=options.calibration,
+        objective=options.threshold_objective, bins=options.calibration_bins)
+    return dataclasses.replace(result, calibration=calibration, thresholds=thresholds,
+                               calibration_report=calibration_report)
 
 
 def _base_report(c, name, train_labels, val_labels, options) -> dict:

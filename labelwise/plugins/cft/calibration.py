@@ -15,7 +15,9 @@ A class whose known entries are all of one value (or fewer than ``min_known``) k
 sigmoid, and the fit says so. Errors are measured on known entries only:
 :func:`calibration_errors` gives the expected calibration error (equal-width bins, 15 by
 default), the maximum calibration error and the Brier score, per class and over all known
-entries; :func:`choose_thresholds` picks per-class decision thresholds (F1 by default).
+entries; :func:`reliability_bins` gives the per-bin numbers of a reliability diagram over all
+known entries pooled; :func:`choose_thresholds` picks per-class decision thresholds (F1 by
+default).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from labelwise.labels import check_partial_labels
 from labelwise.plugins.cft.options import THRESHOLD_OBJECTIVES
 
 __all__ = ["CALIBRATION_METHODS", "Calibration", "calibrate_logits", "calibration_errors", "choose_thresholds",
-           "fit_calibration"]
+           "fit_calibration", "reliability_bins"]
 
 CALIBRATION_METHODS = ("platt", "temperature", "isotonic")
 
@@ -150,17 +152,44 @@ def calibration_errors(probabilities, labels, *, bins: int = 15) -> dict:
         ``{"overall": {"ece", "mce", "brier", "known"}, "per_class": [{...} or None]}`` (``None``
         for a class without known entries).
     """
-    if int(bins) != bins or bins < 1:
-        raise ConfigError(f"bins must be a positive integer, got {bins!r}")
-    p, y = np.asarray(probabilities, dtype=np.float64), _labels(labels)
-    if p.shape != y.shape:
-        raise DataError(f"probabilities have shape {p.shape} and labels {y.shape}; expected the same (N, C)")
-    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
-        raise DataError("probabilities must be finite and in [0, 1]")
+    p, y = _probabilities_and_labels(probabilities, labels, bins)
     mask = y >= 0
     per_class = [_errors(p[mask[:, c], c], y[mask[:, c], c], bins) if mask[:, c].any() else None
                  for c in range(p.shape[1])]
     return {"overall": _errors(p[mask], y[mask], bins), "per_class": per_class, "bins": int(bins)}
+
+
+def reliability_bins(probabilities, labels, *, bins: int = 15) -> dict:
+    """The numbers of a reliability diagram over the known entries of all classes pooled.
+
+    The bins are those of :func:`calibration_errors` (``bins`` equal-width bins of the
+    predicted probability, the last one closed), so ``sum_b (counts_b / n) |fraction_positive_b
+    - mean_confidence_b|`` over the non-empty bins is its overall ECE.
+
+    Args:
+        probabilities: ``(N, C)`` predicted probabilities in [0, 1].
+        labels: ``(N, C)`` of 1 / 0 / -1 (unknown, ignored).
+        bins: number of equal-width bins. Default 15.
+
+    Returns:
+        ``{"edges" (bins + 1,), "mean_confidence" (bins,), "fraction_positive" (bins,),
+        "counts" (bins,) int}``: float64 arrays, NaN in the bins without a known entry.
+
+    Raises:
+        ConfigError: ``bins`` is not a positive integer.
+        DataError: shapes that do not agree, probabilities outside [0, 1], or labels other
+            than 1 / 0 / -1.
+    """
+    p, y = _probabilities_and_labels(probabilities, labels, bins)
+    known = y >= 0
+    p, y = p[known], y[known].astype(np.float64)
+    index = _bin_index(p, int(bins))
+    counts = np.bincount(index, minlength=int(bins))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(index, weights=p, minlength=int(bins)) / counts
+        positive = np.bincount(index, weights=y, minlength=int(bins)) / counts
+    return {"edges": np.linspace(0.0, 1.0, int(bins) + 1), "mean_confidence": confidence,
+            "fraction_positive": positive, "counts": counts}
 
 
 def choose_thresholds(probabilities, labels, *, objective: str = "f1") -> np.ndarray:
@@ -213,7 +242,9 @@ def calibrate_logits(val_logits_before, val_logits, val_labels, *, method: str =
         ``(calibration or None, thresholds (C,), report)``. The report holds the errors of the
         sigmoid of the original head, of the re-fitted head and of the calibrated
         probabilities, all on the known validation entries the calibration was fitted on (so
-        the "calibrated" figures are in-sample), per class and overall, and the thresholds.
+        the "calibrated" figures are in-sample), per class and overall, and the thresholds;
+        ``"reliability"`` holds the bin ``edges`` and, for each of the three, the
+        :func:`reliability_bins` of all classes pooled (``null`` in an empty bin).
     """
     calibration = None if method == "none" else fit_calibration(val_logits, val_labels, method=method)
     calibrated = _sigmoid(_logits(val_logits)) if calibration is None else calibration.probabilities(val_logits)
@@ -226,6 +257,10 @@ def calibrate_logits(val_logits_before, val_logits, val_labels, *, method: str =
         "calibrated": calibration_errors(calibrated, val_labels, bins=bins),
         "fitted": None if calibration is None else calibration.as_dict(),
     }
+    report["reliability"] = {"edges": np.linspace(0.0, 1.0, int(bins) + 1).tolist(), **{
+        key: _json_bins(reliability_bins(p, val_labels, bins=bins))
+        for key, p in (("original_sigmoid", _sigmoid(_logits(val_logits_before))),
+                       ("cft_sigmoid", _sigmoid(_logits(val_logits))), ("calibrated", calibrated))}}
     return calibration, thresholds, report
 
 
@@ -272,9 +307,32 @@ def _log_loss(t, y) -> float:
     return float((np.logaddexp(0.0, t) - y * t).sum())
 
 
+def _probabilities_and_labels(probabilities, labels, bins) -> tuple[np.ndarray, np.ndarray]:
+    if int(bins) != bins or bins < 1:
+        raise ConfigError(f"bins must be a positive integer, got {bins!r}")
+    p, y = np.asarray(probabilities, dtype=np.float64), _labels(labels)
+    if p.shape != y.shape:
+        raise DataError(f"probabilities have shape {p.shape} and labels {y.shape}; expected the same (N, C)")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise DataError("probabilities must be finite and in [0, 1]")
+    return p, y
+
+
+def _bin_index(p, bins: int) -> np.ndarray:
+    """Equal-width bin of each probability in [0, 1] (1.0 goes to the last bin)."""
+    return np.minimum((p * bins).astype(np.int64), bins - 1)
+
+
+def _json_bins(numbers: dict) -> dict:
+    """:func:`reliability_bins` without its edges, as JSON lists (``None`` for an empty bin's NaN)."""
+    return {"counts": numbers["counts"].tolist(),
+            **{key: [None if np.isnan(v) else float(v) for v in numbers[key]]
+               for key in ("mean_confidence", "fraction_positive")}}
+
+
 def _errors(p, y, bins: int) -> dict:
     y = y.astype(np.float64)
-    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    index = _bin_index(p, bins)
     count = np.bincount(index, minlength=bins)
     gap = np.abs(np.bincount(index, weights=y, minlength=bins) - np.bincount(index, weights=p, minlength=bins))
     nonempty = count > 0

@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
     src.add_argument("--val-ann", default=None, help="--config: annotation file of the validation split "
                      "(default: the config's val dataset, else its test dataset)")
     parser.add_argument("--out", required=True, help="output folder: cft_head.npz, cft_report.json, cft_scores.png, "
-                        "cft_head.onnx (and calibrated.pth for --config)")
+                        "cft_reliability.png, cft_head.onnx (and calibrated.pth for --config, cft_model.onnx with "
+                        "--full-onnx)")
     opt = parser.add_argument_group("CFT options (defaults: the reference schedule)")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                      help=f"ga, bp, or best = per category the best of original/GA/BP on validation (default: {d.optimizer})")
@@ -60,7 +61,10 @@ def add_arguments(parser) -> None:
     run.add_argument("--launcher", choices=("none", "pytorch"), default="none",
                      help="pytorch: under torchrun, split categories over the ranks; rank 0 writes (default: none)")
     run.add_argument("--no-onnx", action="store_true", help="do not export the ONNX head")
-    run.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
+    run.add_argument("--full-onnx", action="store_true",
+                     help="--config: also write cft_model.onnx, backbone + calibrated head in one graph (input RGB "
+                     "images in 0..255), checked against PyTorch with onnxruntime; needs a model, so not with --npz")
+    run.add_argument("--no-plot", action="store_true", help="do not write the PNG plots (scores, reliability diagram)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -121,6 +125,9 @@ def run(args) -> int:
 
     if bool(args.npz) == bool(args.config):
         raise ConfigError("give either --npz FILE or --config CONFIG --checkpoint CKPT")
+    if args.full_onnx and args.npz:
+        raise ConfigError(f"--full-onnx needs a model (--config CONFIG --checkpoint CKPT) to export backbone + "
+                          f"calibrated head; --npz {args.npz} holds features only (cft_head.onnx is the head alone)")
     options = options_from_args(args)
     if args.launcher == "pytorch":
         init_from_env(args.device)
@@ -133,7 +140,8 @@ def run(args) -> int:
 
         summary = calibrate_checkpoint(args.config, args.checkpoint, out, options=options, data_root=args.data_root,
                                        train_ann=args.train_ann, val_ann=args.val_ann, device=args.device,
-                                       onnx=not args.no_onnx, plot=not args.no_plot, progress=not args.no_progress)
+                                       onnx=not args.no_onnx, full_onnx=args.full_onnx, plot=not args.no_plot,
+                                       progress=not args.no_progress)
     else:
         data = load_npz(args.npz)
         check_output_folder(out, options, source=args.npz)
@@ -158,6 +166,8 @@ def run(args) -> int:
               f"{len(summary['changed'])} of {summary['categories']} categories changed, {summary['skipped']} skipped; "
               f"{summary['seconds']:.1f} s; wrote {out}")
         print(calibration_line(out / OUTPUT_FILES["report"]))
+        for line in files_lines(out):
+            print(line)
     return 0
 
 
@@ -173,3 +183,17 @@ def calibration_line(report_path) -> str:
             f"{min(cal['thresholds']):.3f}..{max(cal['thresholds']):.3f}")
 
 
+def files_lines(out: Path) -> list[str]:
+    """Lines naming the reliability diagram and the full-model ONNX of the report in ``out``, where written."""
+    from labelwise.plugins.cft.outputs import OUTPUT_FILES
+
+    report = json.loads((out / OUTPUT_FILES["report"]).read_text(encoding="utf-8"))
+    lines = []
+    if "reliability" in report.get("plots", {}):
+        lines.append(f"reliability diagram: {out / report['plots']['reliability']}")
+    if "full_onnx_max_abs_diff" in report:  # written by the --config path, which has mmpretrain
+        from labelwise.adapters.mmpretrain.cft import FULL_ONNX
+
+        lines.append(f"full model ONNX: {out / FULL_ONNX} (onnxruntime vs PyTorch: max |logit difference| "
+                     f"{report['full_onnx_max_abs_diff']:.3g})")
+    return lines

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labelwise.plugins.cft.calibrate import CFTResult, fit_calibrated_head
+from labelwise.plugins.cft.calibrate import CFTResult, _check_inputs, fit_calibrated_head, with_calibration
 from labelwise.utils.distributed import is_main_process, join_process_group
 
 __all__ = ["fit_calibrated_head_distributed", "init_from_env", "is_main_process"]
@@ -53,4 +53,7 @@ def fit_calibrated_head_distributed(train_features, train_labels, val_features, 
             weight_out[cats], bias_out[cats] = rows, biases
         reports.extend(cat_reports)
     reports.sort(key=lambda r: r["index"])
-    return CFTResult(weight_out, bias_out, reports, part.options, max(p[4] for p in parts))
+    merged = CFTResult(weight_out, bias_out, reports, part.options, max(p[4] for p in parts))
+    # each rank calibrated only its own rows: calibrate the merged head again (the same on every rank)
+    data = _check_inputs(train_features, train_labels, val_features, val_labels, weight, bias)
+    return with_calibration(merged, data["val_features"], data["val_labels"], data["weight"], data["bias"])

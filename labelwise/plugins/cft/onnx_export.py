@@ -106,8 +106,19 @@ class CalibratedHead(nn.Module):
         return logits, probabilities, (probabilities >= self.thresholds).to(torch.int64)
 
 
-def head_metadata(result, class_names, **extra) -> dict:
-    """ONNX metadata of a CFT head: classes, changes, calibration, thresholds, errors before / after."""
+def head_metadata(result, class_names, *, source_sha256: str | None = None, **extra) -> dict:
+    """ONNX metadata of a CFT head: classes, changes, calibration, thresholds, errors before / after.
+
+    Args:
+        result: a :class:`~labelwise.plugins.cft.calibrate.CFTResult`.
+        class_names: ``C`` names.
+        source_sha256: SHA-256 of the single file the head came from (a checkpoint, a ``.npz``).
+            ``None`` or empty (no such file, e.g. weights trained in memory): the key is left
+            out, never stored empty.
+        **extra: more entries (``source``, ``inputs``, ...).
+    """
+    if source_sha256:
+        extra["source_sha256"] = source_sha256
     report = result.calibration_report or {}
     overall = {key: (report.get(key) or {}).get("overall") for key in ("original_sigmoid", "cft_sigmoid", "calibrated")}
     return {"producer": "labelwise cft", "class_names": list(class_names), "changed_categories": result.changed,

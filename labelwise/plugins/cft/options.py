@@ -44,9 +44,10 @@ class CFTOptions:
             Default 0.
         chunk_rows: feature rows per matrix product when a category's known rows are not
             cached (bounds memory for large N). Default 65536.
-        cache_bytes: known-row features of categories are copied into contiguous per-category
-            tensors while their total stays under this many bytes (faster products); the
-            rest are gathered in chunks every generation. Default 1 GiB.
+        cache_bytes: a running category copies its known rows' features (train and
+            validation) into contiguous tensors, freed when it ends (faster products), when
+            the copies of the ``threads`` categories running at once fit in this many bytes;
+            otherwise its rows are gathered in chunks every generation. Default 1 GiB.
         threads: worker threads, each running whole categories (on CPU with single-threaded
             tensor operations: torch's intra-op threads are set to 1 during the run and
             restored after). Results do not depend on it. ``None``: ``torch.get_num_threads()``

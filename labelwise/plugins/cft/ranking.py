@@ -10,7 +10,8 @@ exactly as :func:`sklearn.metrics.average_precision_score` and
 * AUROC (trapezoidal over tie groups) is the Mann-Whitney statistic
   ``sum over positives i of (#negatives < s_i + 0.5 #negatives == s_i) / (n_pos n_neg)``.
 
-Ranking is the cost, so only one sort per row is done and positives are then located in it.
+Ranking is the cost, so each row's positives and negatives are sorted apart (no sort of the
+whole row) and the positives are located among the sorted negatives.
 Two back ends, chosen by the input type:
 
 * numpy (CPU): numpy's SIMD sort is ~10-20x faster than ``torch.sort`` on CPU (measured in
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["batched_average_precision", "batched_roc_auc", "batched_score", "METRICS"]
+__all__ = ["batched_average_precision", "batched_roc_auc", "batched_score", "order_keys", "METRICS"]
 
 #: Names accepted by :func:`batched_score`.
 METRICS = ("ap", "auroc")
@@ -106,6 +107,20 @@ def _group_bounds(q_sorted: np.ndarray):
     return lt, le
 
 
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """int32 keys of float32 ``values`` in the same order, equal exactly where the values are equal.
+
+    A float's bits read as an integer are its magnitude with the sign on top, so the key is
+    the magnitude, negated for negative numbers; ``-0.0`` and ``0.0`` both get 0. The values
+    must not be NaN. np.sort of int32 rows measured 0.84 ms against 1.24 ms for the float32
+    rows, (50, 2125) on this machine.
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+    sign = bits >> 31  # 0 or -1
+    magnitude = bits & np.int32(0x7FFFFFFF)
+    return (magnitude ^ sign) - sign
+
+
 def _numpy_counts(scores, positive, reduce):
     scores = np.asarray(scores)
     positive = np.asarray(positive, dtype=bool)
@@ -113,17 +128,22 @@ def _numpy_counts(scores, positive, reduce):
     _check(scores.shape, positive.shape[0], n_pos)
     if scores.dtype not in (np.float32, np.float64):
         scores = scores.astype(np.float64)
+    if scores.dtype == np.float32:
+        scores = order_keys(scores)  # the same order and ties, and numpy sorts int32 faster
     q = np.sort(scores[:, positive], axis=1)
-    all_sorted = np.sort(scores, axis=1)
+    # Only the negatives need a sort of their own: #samples < q_i = #negatives < q_i + #positives < q_i.
+    negatives = np.sort(scores[:, ~positive], axis=1)
     # One call per row: numpy has no batched searchsorted, and the per-row calls on cache-sized
     # rows measured as fast as one call on rows offset into a single sorted array.
-    lt_all = np.stack([row.searchsorted(qr, side="left") for row, qr in zip(all_sorted, q)])
+    lt_neg = np.stack([row.searchsorted(qr, side="left") for row, qr in zip(negatives, q)])
     n, f64 = float(scores.shape[1]), np.float64
     if reduce is _ap_from_counts:  # AP needs only the counts below
-        return reduce(lt_all.astype(f64), None, _group_starts(q).astype(f64), None, n, float(n_pos), np)
-    le_all = np.stack([row.searchsorted(qr, side="right") for row, qr in zip(all_sorted, q)])
+        lt_pos = _group_starts(q)
+        return reduce((lt_neg + lt_pos).astype(f64), None, lt_pos.astype(f64), None, n, float(n_pos), np)
+    le_neg = np.stack([row.searchsorted(qr, side="right") for row, qr in zip(negatives, q)])
     lt_pos, le_pos = _group_bounds(q)
-    return reduce(lt_all.astype(f64), le_all.astype(f64), lt_pos.astype(f64), le_pos.astype(f64), n, float(n_pos), np)
+    return reduce((lt_neg + lt_pos).astype(f64), (le_neg + le_pos).astype(f64), lt_pos.astype(f64),
+                  le_pos.astype(f64), n, float(n_pos), np)
 
 
 def _torch_counts(scores, positive, reduce):

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import torch
 
-__all__ = ["Stopped", "run_categories", "single_threaded_ops"]
+__all__ = ["IdleWorkers", "Stopped", "run_categories", "single_threaded_ops"]
 
 
 class Stopped(Exception):
@@ -29,22 +29,62 @@ class Stopped(Exception):
 
 @contextlib.contextmanager
 def single_threaded_ops(enabled: bool = True):
-    """Set torch's intra-op threads (and so MKL's) to 1 inside the block, then restore them.
+    """Set torch's intra-op threads (and so MKL's) and numpy's BLAS threads to 1 inside the
+    block, then restore them.
 
-    This is process-wide: other threads running torch on CPU meanwhile are affected too.
+    This is process-wide: other threads running torch or numpy products meanwhile are affected too.
     """
     if not enabled:
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 
 
-def run_categories(jobs: list, run_one, *, workers: int, cpu: bool, on_done=None, on_round=None) -> dict:
+class IdleWorkers:
+    """Lends the workers that have no category left to run to the categories still running.
+
+    Near the end of a run fewer categories remain than workers (the last, longest category
+    would run on one core while the others wait). :meth:`map` then runs the pieces of one
+    category's step on the idle workers too. The pieces are the same whether they run in
+    parallel or one after another, so results do not change, only the wall time.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = max(1, int(workers))
+        self.running = self.workers
+        self._pool = ThreadPoolExecutor(max_workers=self.workers - 1) if self.workers > 1 else None
+
+    @property
+    def idle(self) -> bool:
+        """True while fewer categories run than there are workers."""
+        return self._pool is not None and self.running < self.workers
+
+    def map(self, fn, items: list) -> list:
+        """``[fn(item) for item in items]``, the items after the first on idle workers if any."""
+        if not self.idle or len(items) < 2:
+            return [fn(item) for item in items]
+        try:
+            futures = [self._pool.submit(fn, item) for item in items[1:]]
+        except RuntimeError:  # shut down: the run is being abandoned
+            return [fn(item) for item in items]
+        first = fn(items[0])
+        return [first] + [future.result() for future in futures]
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def run_categories(jobs: list, run_one, *, workers: int, cpu: bool, on_done=None, on_round=None,
+                   lend_idle: bool = False) -> dict:
     """Run ``run_one(job, stop)`` for every job on ``workers`` threads; gather the results.
 
     Args:
@@ -57,6 +97,8 @@ def run_categories(jobs: list, run_one, *, workers: int, cpu: bool, on_done=None
         on_done: called as ``on_done(category, result)`` in the calling thread as each job
             finishes (in completion order).
         on_round: called as ``on_round(number_still_running)`` after each ``on_done``.
+        lend_idle: call ``run_one(job, stop, idle)`` with an :class:`IdleWorkers`, whose
+            ``map`` uses the workers left without a category.
 
     Returns:
         ``{category: result}``. The first exception of a job is re-raised after the other
@@ -66,13 +108,20 @@ def run_categories(jobs: list, run_one, *, workers: int, cpu: bool, on_done=None
     if not jobs:
         return results
     stop = threading.Event()
-    with single_threaded_ops(cpu), ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        pending = {pool.submit(run_one, job, stop): job for job in jobs}
+    workers = max(1, int(workers))
+    idle = IdleWorkers(workers) if lend_idle else None
+    extra = (idle,) if lend_idle else ()
+    with single_threaded_ops(cpu), ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        pending = {pool.submit(run_one, job, stop, *extra): job for job in jobs}
+        if idle is not None:
+            idle.running = min(workers, len(jobs))
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     job = pending.pop(future)
+                    if idle is not None:
+                        idle.running = min(workers, len(pending))
                     results[job.category] = future.result()
                     if on_done is not None:
                         on_done(job.category, results[job.category])
@@ -83,4 +132,7 @@ def run_categories(jobs: list, run_one, *, workers: int, cpu: bool, on_done=None
             for future in pending:
                 future.cancel()
             raise
+        finally:
+            if idle is not None:
+                idle.close()
     return results
