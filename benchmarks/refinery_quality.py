@@ -49,7 +49,7 @@ def width_options(width):
 
 
 def chain(out, seed, generations, common):
-    from labelwise.adapters.mmpretrain.refinery import train_generations
+    from labelwise.workflows.refinery import train_generations
 
     return train_generations(CONFIG, work_dir=out / f"chain-seed{seed}", generations=generations,
                              seed=seed, log=log, **common)
@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke run: tiny data, 1 epoch, width 8")
     args = parser.parse_args()
 
-    from labelwise.adapters.mmpretrain.refinery import build_refined_label_store
+    from labelwise.workflows.refinery import build_refined_label_store
     from labelwise.data import SceneConfig, make_dataset
 
     out = Path(args.out)

@@ -13,7 +13,16 @@ entry-point group::
 All hooks are called with keyword arguments; a plugin may implement any subset of them and
 may accept any subset of a hook's arguments.
 """
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Union
+
 import pluggy
+
+if TYPE_CHECKING:  # for the annotations only: importing labelwise's manager here would be a cycle
+    from labelwise.plugin_manager import MethodInfo
 
 PROJECT_NAME = "labelwise"
 
@@ -22,7 +31,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def labelwise_methods():
+def labelwise_methods() -> Iterable[Union[MethodInfo, Mapping[str, Any]]] | None:
     """Declare the methods this plugin provides.
 
     Called by :func:`labelwise.list_methods` and ``labelwise plugins``. Every plugin's result
@@ -45,7 +54,7 @@ def labelwise_methods():
 
 
 @hookspec
-def labelwise_register_mm_modules(registries):
+def labelwise_register_mm_modules(registries: Any) -> None:
     """Register this plugin's classes into labelwise's mmengine registries.
 
     Called once per process, the first time mmengine looks up a ``labelwise.*`` type (through
@@ -67,7 +76,7 @@ def labelwise_register_mm_modules(registries):
 
 
 @hookspec
-def labelwise_add_commands(subparsers):
+def labelwise_add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Contribute subcommands to the ``labelwise`` command line.
 
     Called once while the CLI parser is built, for every plugin.

@@ -86,3 +86,24 @@ def make_tiny_mm_model(root, base="baseline/digits_single.py", seed=0):
     model.init_weights()
     save_checkpoint({"state_dict": model.state_dict(), "meta": {}}, root / "tiny.pth")
     return config, root / "tiny.pth", model.eval()
+
+
+def write_random_label_maps(root, path, *, limit=None, num_classes=10):
+    """A ReLabel store of random top-3 2x2 maps for the images of ``root``'s single/train split
+    (the first ``limit`` of them if given); returns ``path``."""
+    import numpy as np
+
+    from labelwise.data import load_regime
+    from labelwise.plugins.labelpool.store import LabelMapWriter
+
+    keys = list(load_regime(root, "single", "train").ids)[:limit]
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 3, size=(len(keys), 3, 2, 2)).astype(np.float32)
+    ids = np.stack([rng.permutation(num_classes)[:3] for _ in range(len(keys) * 4)])
+    ids = ids.reshape(len(keys), 2, 2, 3).transpose(0, 3, 1, 2)
+    writer = LabelMapWriter(path, keys=keys, num_classes=num_classes, k=3, height=2, width=2, shard_size=64)
+    for shard in writer.pending_shards():
+        start, stop = writer.shard_range(shard)
+        writer.write_shard(shard, scores[start:stop], ids[start:stop])
+    return path
+

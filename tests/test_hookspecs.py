@@ -28,3 +28,12 @@ def test_hookspec_is_a_documented_stub(name):
 @pytest.mark.parametrize("name", HOOKS)
 def test_hookspec_has_a_doc_entry(name):
     assert f"### `{name}(" in (ROOT / "docs" / "plugins.md").read_text()
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hookspec_is_typed(name):
+    """Every argument and the return value carry an annotation (what a plugin author's type checker reads)."""
+    signature = inspect.signature(getattr(hookspecs, name))
+    assert signature.return_annotation is not inspect.Signature.empty
+    for param in signature.parameters.values():
+        assert param.annotation is not inspect.Parameter.empty, f"{name}({param.name}) has no annotation"

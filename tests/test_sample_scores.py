@@ -30,3 +30,19 @@ def test_out_file_must_be_npz():
 
     with pytest.raises(ValueError, match="expected a .npz path"):
         SampleScores(out_file="scores.pkl")
+
+
+def test_sample_scores_creates_the_parent_folders_of_out_file(tmp_path):
+    import torch
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import METRICS
+    from mmpretrain.structures import DataSample
+
+    import labelwise  # noqa: F401
+
+    init_default_scope("mmpretrain")
+    out = tmp_path / "run" / "nested" / "test_scores.npz"
+    metric = METRICS.build(dict(type="labelwise.SampleScores", out_file=str(out)))
+    metric.process({}, [DataSample(metainfo={"sample_idx": 0}).set_gt_label(1).set_pred_score(torch.rand(3)).to_dict()])
+    metric.evaluate(1)
+    assert out.is_file()

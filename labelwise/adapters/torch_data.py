@@ -1,4 +1,6 @@
-"""The digit-scenes data as plain PyTorch datasets (for timm and hand-written loops)."""
+"""Plain PyTorch datasets (for timm and hand-written loops): the digit scenes, and any reader's
+:class:`~labelwise.datasets.LabelSet` (COCO, VOC, Open Images, CheXpert, Food-101N, Clothing1M,
+ImageNet folders)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,17 +59,67 @@ class DigitScenesDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        from PIL import Image
+        return _load_image(self.root / self.ids[index], self.transform), self.targets[index]
 
-        with Image.open(self.root / self.ids[index]) as img:
-            img = img.convert("RGB")
-        if self.transform is None:
-            from torchvision.transforms.functional import to_tensor
 
-            image = to_tensor(img)
-        else:
-            image = self.transform(img)
-        return image, self.targets[index]
+class LabelSetDataset(Dataset):
+    """The images of a reader's :class:`~labelwise.datasets.LabelSet` as ``(image, target)`` pairs.
+
+    ::
+
+        from labelwise.datasets import read_coco
+        train = LabelSetDataset(read_coco("data/coco", p=0.3), transform=timm_transform)
+
+    Args:
+        label_set: what a reader of :mod:`labelwise.datasets` returned.
+        transform: applied to the PIL RGB image (default: ``to_tensor``, no normalisation).
+        unknown_as: for multi-label sets, ``'keep'`` (default) returns -1 for unknown labels
+            (for partial-label losses), ``'negative'`` turns them into 0 (the "assume negative"
+            baseline).
+
+    Targets: a float32 ``(C,)`` vector of 1 / 0 (/ -1) for multi-label sets, an ``int64`` class id
+    for single-label ones. ``ids[i]`` is image ``i``'s path relative to the dataset root (the key
+    of ``labelwise relabel`` stores and of CleanNet feature files), ``extra`` the set's per-image
+    arrays (e.g. ``extra['verified']``).
+    """
+
+    def __init__(self, label_set, *, transform=None, unknown_as: str = "keep"):
+        if unknown_as not in UNKNOWN_MODES:
+            raise ConfigError(f"unknown_as must be one of {', '.join(UNKNOWN_MODES)}, got {unknown_as!r}")
+        self.label_set = label_set
+        self.root = Path(label_set.root)
+        self.ids = list(label_set.paths)
+        self.classes = tuple(label_set.classes)
+        self.extra = label_set.extra
+        labels = label_set.labels
+        if label_set.multi_label:
+            labels = labels.astype(np.float32)
+            if unknown_as == "negative":
+                labels = np.maximum(labels, 0.0)
+        self.targets = torch.as_tensor(labels)
+        self.transform = transform
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_set.multi_label
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        return _load_image(self.root / self.ids[index], self.transform), self.targets[index]
+
+
+def _load_image(path, transform):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+    if transform is None:
+        from torchvision.transforms.functional import to_tensor
+
+        return to_tensor(img)
+    return transform(img)
 
 
 #: Crop scales of the digit-scenes configs: single-label runs crop 8-100 % of the area as the

@@ -1,12 +1,15 @@
-"""Built-in plugin: partial-label datasets for mmpretrain and the ``labelwise train`` command."""
+"""Built-in plugin: partial-label datasets, dataset readers and metrics for mmpretrain, and ``labelwise train``."""
 from __future__ import annotations
 
 from labelwise.hookspecs import hookimpl
 from labelwise.plugin_manager import MethodInfo, register_table, table_types
 
-#: What the plugin registers: {registry: class names} of labelwise.adapters.mmpretrain.datasets / .metrics.
+#: What the plugin registers: {registry: class names} of labelwise.adapters.mmpretrain.datasets / .metrics / .readers.
 DATASET_TYPES = {"DATASETS": ("PartialMultiLabelDataset",)}
 METRIC_TYPES = {"METRICS": ("SampleScores",)}
+PARTIAL_METRIC_TYPES = {"METRICS": ("PartialMultiLabelMetric",)}
+READER_TYPES = {"DATASETS": ("COCOMultiLabel", "VOCPartial", "OpenImagesVerified", "CheXpert", "Food101N",
+                             "Clothing1M", "ImageNetFolder")}
 
 
 @hookimpl
@@ -20,6 +23,21 @@ def labelwise_methods():
             types=table_types(DATASET_TYPES),
         ),
         MethodInfo(
+            name="dataset-readers",
+            summary="COCO, VOC, Open Images, CheXpert, Food-101N, Clothing1M and ImageNet folders read into "
+            "1/0/-1 partial labels or class ids (+ verification flags)",
+            kind="dataset",
+            paper="",
+            types=table_types(READER_TYPES),
+        ),
+        MethodInfo(
+            name="partial-metrics",
+            summary="mAP, per-class AP and mean AUROC of a partially labelled split, over known labels only",
+            kind="metric",
+            paper="",
+            types=table_types(PARTIAL_METRIC_TYPES),
+        ),
+        MethodInfo(
             name="sample-scores",
             summary="test metric that writes every sample's class scores and labels to .npz (for paired statistics)",
             kind="metric",
@@ -31,10 +49,11 @@ def labelwise_methods():
 
 @hookimpl
 def labelwise_register_mm_modules(registries):
-    from labelwise.adapters.mmpretrain import datasets, metrics
+    from labelwise.adapters.mmpretrain import datasets, metrics, readers
 
     register_table(registries, datasets, DATASET_TYPES)
-    register_table(registries, metrics, METRIC_TYPES)
+    register_table(registries, metrics, METRIC_TYPES, PARTIAL_METRIC_TYPES)
+    register_table(registries, readers, READER_TYPES)
 
 
 @hookimpl

@@ -353,12 +353,13 @@ def mm_feature_extractor(config, checkpoint=None, *, data_root=None, ann_file=No
     model.to(device).eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     dataset.full_init()
-    root = Path(dataset.data_root) if getattr(dataset, "data_root", None) else None
+    from labelwise.utils.keys import image_key
+
+    root = getattr(dataset, "data_root", None) or None
     ids, labels = [], []
     for i in range(len(dataset)):
         info = dataset.get_data_info(i)
-        path = Path(info["img_path"])
-        ids.append((path.relative_to(root) if root is not None and path.is_relative_to(root) else path).as_posix())
+        ids.append(image_key(info["img_path"], root))
         label = np.asarray(info.get("gt_label", -1)).reshape(-1)
         labels.append(int(label[0]) if label.size == 1 else -1)
 

@@ -162,11 +162,9 @@ class LabelPooling(BaseTransform):
         path = results.get("img_path")
         if path is None:
             raise DataError("LabelPooling: the sample has no img_path (load it with LoadImageFromFile)")
-        if self.data_root is not None:
-            import os.path
+        from labelwise.utils.keys import image_key
 
-            path = os.path.relpath(path, self.data_root)
-        return path
+        return image_key(path, self.data_root)
 
     def transform(self, results: dict) -> dict:
         from labelwise.plugins.labelpool.pooling import pool_label_map_numpy

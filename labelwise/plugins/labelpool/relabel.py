@@ -201,7 +201,9 @@ def read_image_list(data_root, ann_file=None) -> list[str]:
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist")
     if ann_file is None:
-        keys = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+        from labelwise.utils.keys import image_key
+
+        keys = sorted(image_key(p, root) for p in root.rglob("*")
                       if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file())
     else:
         path = Path(ann_file) if Path(ann_file).is_absolute() else root / ann_file

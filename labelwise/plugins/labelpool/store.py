@@ -166,13 +166,10 @@ class LabelMapStore:
         Raises:
             DataError: no trailing part of ``path`` is a key.
         """
-        lookup = self._lookup()
-        parts = str(path).replace("\\", "/").split("/")
-        for i in range(len(parts)):
-            found = lookup.get("/".join(parts[i:]))
-            if found is not None:
-                return found
-        return self.index_of(str(path))  # raises, naming the path
+        from labelwise.utils.keys import find_trailing
+
+        found = find_trailing(str(path).replace("\\", "/"), self._lookup())
+        return found if found is not None else self.index_of(str(path))  # raises, naming the path
 
     def get(self, key) -> tuple[np.ndarray, np.ndarray]:
         """One image's map: ``(scores (k, h, w) float16, ids (k, h, w) int16/int32)``.

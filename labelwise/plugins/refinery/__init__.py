@@ -87,7 +87,7 @@ def labelwise_add_commands(subparsers):
 
 
 def _run_refine(args) -> int:
-    from labelwise.adapters.mmpretrain.refinery import train_generations
+    from labelwise.workflows.refinery import train_generations
 
     records = train_generations(
         args.config, work_dir=args.work_dir, generations=args.generations, data_root=args.data_root,
@@ -101,7 +101,7 @@ def _run_refine(args) -> int:
 
 
 def _run_store(args) -> int:
-    from labelwise.adapters.mmpretrain.refinery import build_refined_label_store
+    from labelwise.workflows.refinery import build_refined_label_store
 
     out = build_refined_label_store(
         args.config, args.checkpoint, args.out, data_root=args.data_root, ann_file=args.ann_file,

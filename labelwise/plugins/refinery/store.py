@@ -254,12 +254,12 @@ class RefinedLabelStore:
         return len(self.ids)
 
     def row_of(self, path: str) -> int:
-        """The row of the sample whose id ``path`` ends with; :class:`DataError` if none."""
-        parts = str(path).replace(os.sep, "/").split("/")
-        for d in range(1, min(self._depth, len(parts)) + 1):
-            row = self._rows.get("/".join(parts[-d:]))
-            if row is not None:
-                return row
+        """The row of the sample whose id ``path`` ends with (the longest such id); :class:`DataError` if none."""
+        from labelwise.utils.keys import find_trailing
+
+        row = find_trailing(str(path).replace(os.sep, "/"), self._rows, max_parts=self._depth)
+        if row is not None:
+            return row
         raise DataError(f"image {path} is not in the refined-label store {self.directory} "
                         f"({len(self)} images, e.g. {self.ids[0]!r})")
 
