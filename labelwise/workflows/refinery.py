@@ -49,7 +49,13 @@ def train_generations(config, *, work_dir, generations: int, data_root=None, see
     from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
     from labelwise.plugins.refinery.chain import run_generations
 
-    work_dir = Path(work_dir)
+    # absolute paths: each generation's dumped config.py names the previous generation's
+    # config and checkpoint, and must resolve from any working directory
+    work_dir = Path(work_dir).resolve()
+    if data_root is not None:
+        data_root = str(Path(data_root).resolve())
+    if first_checkpoint is not None:
+        first_checkpoint = Path(first_checkpoint).resolve()
 
     def load(gen_dir, refinery):
         cfg = load_config(config, work_dir=gen_dir, data_root=data_root, seed=seed, epochs=epochs,

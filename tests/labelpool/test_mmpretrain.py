@@ -171,3 +171,66 @@ def test_example_config_trains_through_the_runner(single_train_maps, tiny_digits
     assert 0.0 <= metrics["accuracy/top1"] <= 100.0
     log = next((tmp_path / "work").glob("*/*.log")).read_text()
     assert "Epoch(train) [1][5/5]" in log
+
+
+STOCK_CROP_ERROR = ("the dataset pipeline: RandomResizedCrop before labelwise.LabelPooling records no crop box, so the "
+                    "pooled target would not match the pixels the model sees (the whole image would be pooled); use "
+                    "labelwise.RandomResizedCropWithBox (the same arguments as RandomResizedCrop) as the pipeline's "
+                    "only crop")
+
+
+def _pooling_dataset(tiny_digits, maps, pipeline):
+    from mmpretrain.registry import DATASETS
+
+    return DATASETS.build(dict(type="CustomDataset", data_root=str(tiny_digits), ann_file="single/train.txt",
+                               data_prefix="", with_label=True, pipeline=pipeline))
+
+
+def _pool(maps):
+    return dict(type="labelwise.LabelPooling", label_maps=str(maps), num_classes=10)
+
+
+def test_stock_crop_before_label_pooling_is_refused_on_the_first_sample(single_train_maps, tiny_digits):
+    """mmpretrain's own RandomResizedCrop records no box: the pooled target would be the whole
+    image's. The dataset built by mmengine (as tools/train.py builds it) refuses it."""
+    from labelwise.errors import ConfigError
+
+    load = dict(type="LoadImageFromFile")
+    stock = {**CROP, "type": "RandomResizedCrop"}
+    dataset = _pooling_dataset(tiny_digits, single_train_maps, [load, stock, _pool(single_train_maps)])
+    with pytest.raises(ConfigError) as err:
+        dataset[0]
+    assert str(err.value) == STOCK_CROP_ERROR
+    # the same crop hidden in a RandomChoice, and a CenterCrop after the pooling
+    nested = dict(type="RandomChoice", transforms=[[stock], [dict(type="RandomFlip", prob=0.5)]])
+    with pytest.raises(ConfigError, match="RandomResizedCrop before labelwise.LabelPooling"):
+        _pooling_dataset(tiny_digits, single_train_maps, [load, nested, _pool(single_train_maps)])[0]
+    after = [load, CROP, _pool(single_train_maps), dict(type="CenterCrop", crop_size=16)]
+    with pytest.raises(ConfigError, match="CenterCrop after labelwise.LabelPooling .* cropped again after pooling"):
+        _pooling_dataset(tiny_digits, single_train_maps, after)[0]
+    late = [load, _pool(single_train_maps), CROP]
+    with pytest.raises(ConfigError, match="RandomResizedCropWithBox comes after labelwise.LabelPooling"):
+        _pooling_dataset(tiny_digits, single_train_maps, late)[0]
+    # the box crop first: accepted, and the target is pooled over its box
+    ok = _pooling_dataset(tiny_digits, single_train_maps, [load, CROP, _pool(single_train_maps)])[0]
+    assert ok["crop_box"].shape == (4,) and ok["gt_score"].shape == (10,)
+    # called on its own (no pipeline around it) nothing is checked
+    alone = _build(_pool(single_train_maps))
+    sample = alone(_build(CROP)({"img": _image(), "ori_shape": (48, 64), "img_path": ok["img_path"]}))
+    assert sample["gt_score"].shape == (10,)
+
+
+def test_labelwise_training_checks_the_config_before_the_runner(single_train_maps, tiny_digits, tmp_path,
+                                                                 monkeypatch):
+    from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
+    from labelwise.errors import ConfigError
+
+    monkeypatch.setenv("LABELWISE_LABEL_MAPS", str(single_train_maps))
+    cfg = load_config("labelpool/digits_single", work_dir=tmp_path / "work", data_root=tiny_digits)
+    assert cfg.train_dataloader.dataset.pipeline[1]["type"] == "labelwise.RandomResizedCropWithBox"
+    cfg.train_dataloader.dataset.pipeline[1]["type"] = "RandomResizedCrop"
+    with pytest.raises(ConfigError) as err:
+        train_and_test(cfg)
+    assert str(err.value).startswith(f"{cfg.filename}: train_dataloader.dataset.pipeline: RandomResizedCrop before "
+                                     "labelwise.LabelPooling records no crop box")
+    assert not (tmp_path / "work").exists()  # refused before the Runner made anything

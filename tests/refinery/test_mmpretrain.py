@@ -316,3 +316,40 @@ def test_refine_cli_refuses_a_config_without_the_refinery_preprocessor(tiny_digi
     assert status == 2
     assert "data_preprocessor.type is None; generation chaining needs 'labelwise.RefineryDataPreprocessor'" in err
     assert not (tmp_path / "gen1" / "generation.json").exists()
+
+
+def test_refined_student_tests_without_its_teacher_and_configs_resolve_anywhere(tiny_digits, tiny_options,
+                                                                                tmp_path, monkeypatch):
+    """`labelwise refine` from a relative work dir writes configs that work from any directory;
+    testing the refined student never reads the refinery's files."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from labelwise.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["refine", "--config", "refinery/digits_single", "--generations", "2", "--work-dir", "chain",
+            "--data-root", str(tiny_digits), "--epochs", "1", "--seed", "0", "--cfg-options"]
+    assert main(args + [f"{k}={v}" for k, v in tiny_options.items()]) == 0
+    records = json.loads((tmp_path / "chain" / "generations.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = Config.fromfile(str(tmp_path / "chain" / "gen2" / "config.py"))
+    refinery = (cfg.model.get("data_preprocessor") or cfg.data_preprocessor).refinery
+    assert Path(refinery.config).is_absolute() and Path(refinery.config).is_file()
+    assert Path(refinery.checkpoint).is_absolute() and refinery.checkpoint == records[0]["checkpoint"]
+
+    # the teacher's files gone: the student still tests
+    Path(refinery.checkpoint).rename(tmp_path / "teacher-moved.pth")
+    cfg.work_dir = str(tmp_path / "test-run")
+    cfg.load_from = records[1]["checkpoint"]
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    assert 0 <= metrics["accuracy/top1"] <= 100
+    assert runner.model.data_preprocessor._refinery is None  # never read
+    # training mode reads it, and a missing teacher fails before the first iteration
+    from labelwise.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="teacher-moved|gen1"):
+        runner.model.train()

@@ -21,6 +21,9 @@ stock heads and any head that reads ``gt_score`` work unchanged. See
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+
 import mmcv
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -86,6 +89,83 @@ class RandomResizedCropWithBox(RandomResizedCrop):
         return results
 
 
+BOX_CROP = "RandomResizedCropWithBox"
+
+
+def _type_name(transform) -> str:
+    """The class name of a transform or of a transform config (``'labelwise.X'`` -> ``'X'``)."""
+    if isinstance(transform, Mapping):
+        kind = transform.get("type")
+        return kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+    return type(transform).__name__
+
+
+def iter_transforms(transforms):
+    """Every transform of a pipeline in order, nested ones included (``RandomChoice``'s lists of
+    lists, ``RandomApply``'s list or ``Compose``; configs or built objects alike)."""
+    for transform in transforms:
+        if isinstance(transform, (list, tuple)):
+            yield from iter_transforms(transform)
+            continue
+        yield transform
+        inner = transform.get("transforms") if isinstance(transform, Mapping) else getattr(transform, "transforms", None)
+        if inner is not None and not isinstance(inner, (list, tuple)):
+            inner = getattr(inner, "transforms", None)  # a Compose
+        if isinstance(inner, (list, tuple)):
+            yield from iter_transforms(inner)
+
+
+def check_pooling_pipeline(transforms, *, where: str = "the pipeline") -> None:
+    """Refuse a pipeline where LabelPooling's target would not match the pixels the model sees.
+
+    With ``labelwise.LabelPooling`` in it, the pipeline's only crop must be
+    ``labelwise.RandomResizedCropWithBox``, before the pooling: any other crop (mmpretrain's
+    ``RandomResizedCrop``, ``RandomCrop``, ``CenterCrop``, ...) records no box, so the pooled
+    target would cover the whole image (or the wrong box). A pipeline without LabelPooling is
+    not checked.
+
+    Raises:
+        ConfigError: naming ``where``, the crop and what to use instead.
+    """
+    names = [_type_name(t) for t in iter_transforms(transforms)]
+    if "LabelPooling" not in names:
+        return
+    pooling = names.index("LabelPooling")
+    for i, name in enumerate(names):
+        if "Crop" in name and name != BOX_CROP:
+            raise ConfigError(
+                f"{where}: {name} {'before' if i < pooling else 'after'} labelwise.LabelPooling records no crop "
+                "box, so the pooled target would not match the pixels the model sees "
+                f"({'the whole image would be pooled' if i < pooling else 'the image is cropped again after pooling'}); "
+                f"use labelwise.{BOX_CROP} (the same arguments as RandomResizedCrop) as the pipeline's only crop")
+    if BOX_CROP in names and names.index(BOX_CROP) > pooling:
+        raise ConfigError(f"{where}: labelwise.{BOX_CROP} comes after labelwise.LabelPooling, which then pools "
+                          "the whole image; put the crop before the pooling")
+
+
+def check_pooling_config(cfg) -> None:
+    """:func:`check_pooling_pipeline` on every dataset pipeline of a loaded mmengine config."""
+    name = getattr(cfg, "filename", None) or "config"
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(key)
+        if loader and loader.get("dataset") is not None:
+            _check_dataset_cfg(loader["dataset"], f"{name}: {key}.dataset")
+
+
+def _check_dataset_cfg(dataset, where) -> None:
+    if isinstance(dataset, (list, tuple)):
+        for i, inner in enumerate(dataset):
+            _check_dataset_cfg(inner, f"{where}[{i}]")
+        return
+    if not isinstance(dataset, Mapping):
+        return
+    if dataset.get("pipeline"):
+        check_pooling_pipeline(dataset["pipeline"], where=f"{where}.pipeline")
+    for key in ("dataset", "datasets"):
+        if dataset.get(key) is not None:
+            _check_dataset_cfg(dataset[key], f"{where}.{key}")
+
+
 class LabelPooling(BaseTransform):
     """Set a sample's ``gt_score`` to its LabelPooling target.
 
@@ -112,6 +192,12 @@ class LabelPooling(BaseTransform):
     / partial-label (``partial_labels``, or ``gt_label`` a list) is refused with a
     ``ConfigError``: the pooled target is a single-label class distribution. An online
     ``labelwise.RefineryDataPreprocessor`` with a refinery refuses these samples in turn.
+
+    A pipeline with another crop than :class:`RandomResizedCropWithBox` (mmpretrain's
+    ``RandomResizedCrop``, ``CenterCrop``, ...), or with the box crop after the pooling, is
+    refused with a ``ConfigError`` on the first sample (:func:`check_pooling_pipeline`; the
+    pipeline is found from the ``Compose`` that calls the transform, so stock ``tools/train.py``
+    gets the check too); ``labelwise train`` and the workflows check the config before training.
 
     Args:
         label_maps (str): the store directory (or the reference ``.pt`` root).
@@ -147,6 +233,7 @@ class LabelPooling(BaseTransform):
         self.layout = layout
         self.key_depth = key_depth
         self._maps = self._open()  # fail at build time, not in a worker
+        self._pipeline_checked = False
 
     def _open(self):
         from labelwise.plugins.labelpool.reference import open_label_maps
@@ -169,6 +256,11 @@ class LabelPooling(BaseTransform):
     def transform(self, results: dict) -> dict:
         from labelwise.plugins.labelpool.pooling import pool_label_map_numpy
 
+        if not self._pipeline_checked:
+            pipeline = self._enclosing_pipeline()
+            if pipeline is not None:
+                check_pooling_pipeline(pipeline, where="the dataset pipeline")
+            self._pipeline_checked = True
         check_single_soft_target(results, "labelwise.LabelPooling")
         key = self._store_key(results)
         if isinstance(key, str) and self.data_root is None and hasattr(self._maps, "find_path"):
@@ -185,6 +277,25 @@ class LabelPooling(BaseTransform):
         results["gt_score"] = pool_label_map_numpy(scores, ids, box, num_classes=self.num_classes,
                                                    coord_order=self.coord_order)
         return results
+
+    def _enclosing_pipeline(self):
+        """The transforms of the outermost ``Compose`` (or wrapper) up the call stack that holds
+        this transform, or ``None`` when it is called on its own. A transform cannot see its
+        neighbours otherwise: mmengine's ``Compose`` builds them in order and calls each in turn."""
+        found = None
+        frame = sys._getframe(2)
+        for _ in range(64):
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            try:
+                transforms = getattr(owner, "transforms", None) if owner is not self else None
+            except Exception:  # noqa: BLE001 -- a property of some unrelated caller
+                transforms = None
+            if isinstance(transforms, (list, tuple)) and any(t is self for t in iter_transforms(transforms)):
+                found = transforms
+            frame = frame.f_back
+        return found
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(label_maps={self.label_maps!r}, num_classes="

@@ -33,6 +33,34 @@ REFINERY_KEYS = ("config", "model", "timm", "timm_kwargs", "checkpoint", "checkp
 _SOURCES = ("config", "model", "timm")
 
 
+def check_refinery_spec(spec) -> dict:
+    """Validate a refinery spec dict (see :func:`build_refinery`) without reading anything.
+
+    Returns:
+        The spec as a plain dict.
+
+    Raises:
+        ConfigError: not a dict, unknown or missing keys, several teacher sources, a bad
+            ``bn_mode``.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"refinery must be a dict, a Refinery or an nn.Module, got {type(spec).__name__}")
+    spec = dict(spec)
+    unknown = sorted(set(spec) - set(REFINERY_KEYS))
+    if unknown:
+        raise ConfigError(f"refinery has unknown keys {unknown}; valid keys: {', '.join(REFINERY_KEYS)}")
+    sources = [k for k in _SOURCES if spec.get(k) is not None]
+    if len(sources) != 1:
+        raise ConfigError(f"refinery needs exactly one of {', '.join(_SOURCES)} to say what the teacher is; "
+                          f"got {sources or 'none'}")
+    if not spec.get("checkpoint"):
+        raise ConfigError("refinery.checkpoint is required: the path of the teacher's weights")
+    bn_mode = spec.get("bn_mode", "eval")
+    if bn_mode not in BN_MODES:
+        raise ConfigError(f"refinery.bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+    return spec
+
+
 def build_refinery(spec, *, student_mean=None, student_std=None, student_to_rgb=None) -> Refinery:
     """Build a frozen :class:`~labelwise.plugins.refinery.teacher.Refinery` from a spec.
 
@@ -70,21 +98,9 @@ def build_refinery(spec, *, student_mean=None, student_std=None, student_to_rgb=
         return spec
     if isinstance(spec, torch.nn.Module):
         return Refinery(spec)
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"refinery must be a dict, a Refinery or an nn.Module, got {type(spec).__name__}")
-    spec = dict(spec)
-    unknown = sorted(set(spec) - set(REFINERY_KEYS))
-    if unknown:
-        raise ConfigError(f"refinery has unknown keys {unknown}; valid keys: {', '.join(REFINERY_KEYS)}")
-    sources = [k for k in _SOURCES if spec.get(k) is not None]
-    if len(sources) != 1:
-        raise ConfigError(f"refinery needs exactly one of {', '.join(_SOURCES)} to say what the teacher is; "
-                          f"got {sources or 'none'}")
-    if not spec.get("checkpoint"):
-        raise ConfigError("refinery.checkpoint is required: the path of the teacher's weights")
+    spec = check_refinery_spec(spec)
     bn_mode = spec.get("bn_mode", "eval")
-    if bn_mode not in BN_MODES:
-        raise ConfigError(f"refinery.bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+    sources = [k for k in _SOURCES if spec.get(k) is not None]
 
     teacher_mean, teacher_std = spec.get("mean"), spec.get("std")
     source = sources[0]
@@ -171,19 +187,47 @@ class RefineryDataPreprocessor(WeightedClsDataPreprocessor):
             raise ConfigError("RefineryDataPreprocessor needs num_classes (soft targets are (N, num_classes))")
         kwargs["to_onehot"] = True
         super().__init__(**kwargs)
+        self._refinery = None
+        self._refinery_spec = None
         if refinery is None or (isinstance(refinery, Mapping) and not refinery):
-            self.refinery = None
+            pass
+        elif isinstance(refinery, Mapping):
+            # checked now, read when training starts: testing or deploying the student
+            # (tools/test.py, inference) never needs the teacher's files
+            self._refinery_spec = check_refinery_spec(refinery)
         else:
-            mean = self.mean.flatten().tolist() if self._enable_normalize else None
-            std = self.std.flatten().tolist() if self._enable_normalize else None
-            self.refinery = build_refinery(refinery, student_mean=mean, student_std=std,
-                                           student_to_rgb=self.to_rgb)
+            self._refinery = self._build(refinery)
+
+    def _build(self, spec) -> Refinery:
+        mean = self.mean.flatten().tolist() if self._enable_normalize else None
+        std = self.std.flatten().tolist() if self._enable_normalize else None
+        return build_refinery(spec, student_mean=mean, student_std=std, student_to_rgb=self.to_rgb)
+
+    @property
+    def has_refinery(self) -> bool:
+        """Whether a refinery is set (built or not yet read)."""
+        return self._refinery is not None or self._refinery_spec is not None
+
+    @property
+    def refinery(self) -> Refinery | None:
+        """The frozen refinery, read from its spec on first use (``None``: no refinery)."""
+        if self._refinery is None and self._refinery_spec is not None:
+            self._refinery = self._build(self._refinery_spec)
+        return self._refinery
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``; entering training mode reads the refinery (before the first
+        iteration, so a bad teacher fails at once). Evaluation never reads it."""
+        super().train(mode)
+        if mode:
+            self.refinery  # noqa: B018 -- builds it
+        return self
 
     def forward(self, data: dict, training: bool = False) -> dict:
-        if training and self.refinery is not None:
+        if training and self.has_refinery:
             _check_single_target(data.get("data_samples"))
         data = super().forward(data, training)
-        if training and self.refinery is not None:
+        if training and self.has_refinery:
             samples = data.get("data_samples")
             if samples is None:
                 raise DataError("RefineryDataPreprocessor needs data samples to attach soft targets to")
@@ -196,7 +240,9 @@ class RefineryDataPreprocessor(WeightedClsDataPreprocessor):
         return data
 
     def extra_repr(self) -> str:
-        return f"refinery={self.refinery!r}"
+        if self._refinery is None and self._refinery_spec is not None:
+            return f"refinery={self._refinery_spec!r} (read when training starts)"
+        return f"refinery={self._refinery!r}"
 
 
 def _check_single_target(samples) -> None:

@@ -141,10 +141,14 @@ def train_and_test(cfg: Config) -> dict:
 
     Raises:
         ConfigError: the config names a type no registry knows (the message names the config
-            file and the type).
+            file and the type), or a pipeline crops where ``labelwise.LabelPooling`` cannot see
+            the box (:func:`~labelwise.adapters.mmpretrain.labelpool.check_pooling_pipeline`).
     """
     from mmengine.runner import Runner
 
+    from labelwise.adapters.mmpretrain.labelpool import check_pooling_config
+
+    check_pooling_config(cfg)
     try:
         runner = Runner.from_cfg(cfg)
         check_class_count(runner, name=cfg.filename)
