@@ -12,11 +12,16 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def resolve_config(config: str | Path) -> Path:
-    """Return the path of ``config``: a file, or a built-in name like ``'baseline/digits_single'``.
+    """Return the path of ``config``: a file, a built-in name like ``'baseline/digits_single'``,
+    or a config shipped by an installed OpenMMLab package, ``'mmpretrain::resnet/resnet50_8xb32_in1k.py'``
+    (the name mmengine's ``_base_`` takes; the ``.py`` may be left out).
 
     Raises:
-        ConfigError: neither exists; the message lists the built-in configs.
+        ConfigError: none exists; the message lists the built-in configs, or says where a
+            ``package::`` name was looked for.
     """
+    if "::" in str(config):
+        return _package_config(str(config))
     path = Path(config)
     if path.is_file():
         return path
@@ -25,6 +30,28 @@ def resolve_config(config: str | Path) -> Path:
         return builtin
     names = sorted(str(p.relative_to(CONFIG_DIR))[:-3] for p in CONFIG_DIR.glob("*/*.py") if p.parent.name != "_base_")
     raise ConfigError(f"config {str(config)!r} is neither a file nor a built-in config; built-ins: {', '.join(names)}")
+
+
+def _package_config(name: str) -> Path:
+    """The file of ``package::relative/path.py`` in the package's installed ``.mim/configs``."""
+    import importlib.util
+
+    package, _, relative = name.partition("::")
+    if not package or not relative or "::" in relative:
+        raise ConfigError(f"config {name!r}: expected PACKAGE::PATH, e.g. 'mmpretrain::resnet/resnet50_8xb32_in1k.py'")
+    relative = relative if relative.endswith(".py") else f"{relative}.py"
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"config {name!r}: {package!r} is not an installed package")
+    roots = [Path(p) / ".mim" / "configs" for p in spec.submodule_search_locations]
+    for root in roots:
+        if (root / relative).is_file():
+            return root / relative
+    shown = roots[0]
+    folders = sorted(p.name for p in shown.iterdir() if p.is_dir() and p.name != "_base_") if shown.is_dir() else []
+    hint = (f"; its config folders: {', '.join(folders[:12])}{', ...' if len(folders) > 12 else ''}" if folders
+            else " (the package ships no configs there)")
+    raise ConfigError(f"config {name!r}: no file {relative} in {shown}{hint}")
 
 
 def load_config(
