@@ -14,6 +14,7 @@ from labelwise.errors import ConfigError, DataError
 from labelwise.utils.fileio import write_json
 
 FRAMEWORKS = ("mmpretrain", "timm")
+LAUNCHERS = ("none", "pytorch")
 METRICS_FILE = "metrics.json"
 #: Epochs of the protocol (docs/benchmarks.md), as in the built-in configs: single-label runs
 #: with crops of 8-100 % of the area need 20; multi-label runs keep 10.
@@ -60,6 +61,7 @@ def train_baseline(
     cfg_options: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    launcher: str = "none",
 ) -> dict:
     """Train a narrow ResNet-18 (64 px) on one regime and evaluate it on the test split.
 
@@ -82,6 +84,11 @@ def train_baseline(
             checkpoint=..., prefix='backbone.')}`` to start from a pretrained backbone.
         overwrite: replace the results of a previous run in ``work_dir``.
         progress: show progress bars (timm) / log lines (mmpretrain).
+        launcher: mmpretrain only: ``'pytorch'`` under ``torchrun`` (one process per rank).
+            The process group is joined before mmengine's Runner is built (gloo on CPU, NCCL
+            on CUDA; mmengine's own set-up would call ``torch.cuda.set_device``), the model is
+            wrapped in ``MMDistributedDataParallel`` (``device_ids=None`` on CPU), each rank
+            takes ``batch_size`` samples per step, and rank 0 writes ``metrics.json``.
 
     Returns:
         ``{"framework", "regime", "seed", "epochs", "metric", "value", "seconds", ...}``.
@@ -90,9 +97,15 @@ def train_baseline(
 
     if framework not in FRAMEWORKS:
         raise ConfigError(f"unknown framework {framework!r}; valid: {', '.join(FRAMEWORKS)}")
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if launcher == "pytorch" and framework != "mmpretrain":
+        raise ConfigError("--launcher pytorch runs mmengine's Runner (--framework mmpretrain); for timm, run "
+                          "`torchrun --nproc_per_node N -m labelwise.timm_train ...`")
     manifest = load_manifest(data_root)
     if regime not in manifest["regime_dirs"]:
         raise ConfigError(f"regime {regime!r} is not in {data_root}; available: {', '.join(manifest['regime_dirs'])}")
+    group = _join(launcher)
     work_dir = Path(work_dir)
     if (work_dir / METRICS_FILE).exists() and not overwrite:
         raise DataError(f"{work_dir / METRICS_FILE} exists: a finished run is there (use another --work-dir, "
@@ -102,7 +115,7 @@ def train_baseline(
     start = time.perf_counter()
     if framework == "mmpretrain":
         value, epochs = _train_mmpretrain(config or baseline_config_name(regime), data_root, regime, work_dir,
-                                          seed, epochs, batch_size, lr, multi_label, cfg_options)
+                                          seed, epochs, batch_size, lr, multi_label, cfg_options, group)
     else:
         if cfg_options:
             raise ConfigError("cfg_options apply to the mmpretrain framework only")
@@ -116,12 +129,40 @@ def train_baseline(
     }
     if cfg_options:
         result["cfg_options"] = {key: repr(value) for key, value in cfg_options.items()}
-    write_json(work_dir / METRICS_FILE, result)
+    if group is not None:
+        result["world_size"] = group.world_size
+    if group is None or group.is_main:
+        write_json(work_dir / METRICS_FILE, result)
     return result
 
 
+def _join(launcher):
+    """The torchrun process group for ``launcher='pytorch'`` (``None`` for one process)."""
+    if launcher != "pytorch":
+        return None
+    import os
+
+    from labelwise.utils.distributed import join_process_group
+
+    if "WORLD_SIZE" not in os.environ:
+        raise ConfigError("--launcher pytorch needs torchrun's environment (WORLD_SIZE, RANK, MASTER_ADDR): run "
+                          "`torchrun --nproc_per_node N -m labelwise train --launcher pytorch ...`")
+    return join_process_group()
+
+
+def distributed_options(group) -> dict:
+    """mmengine ``Config`` keys for a Runner in the process group ``group`` (already joined)."""
+    import torch
+
+    options = {"launcher": "pytorch"}
+    if torch.device(group.device).type == "cpu":
+        # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP refuses for a CPU model
+        options["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None)
+    return options
+
+
 def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_size, lr, multi_label,
-                      cfg_options=None) -> tuple[float, int]:
+                      cfg_options=None, group=None) -> tuple[float, int]:
     from labelwise.adapters.mmpretrain.runner import load_config, train_and_test
 
     kind = "json" if multi_label else "txt"
@@ -135,6 +176,8 @@ def _train_mmpretrain(config, data_root, regime, work_dir, seed, epochs, batch_s
     }
     cfg = load_config(config, work_dir=work_dir / "mmpretrain", data_root=data_root, seed=seed,
                       epochs=epochs, cfg_options=options)
+    if group is not None:
+        cfg.merge_from_dict(distributed_options(group))
     metrics = train_and_test(cfg)
     key = "multi-label/mAP" if multi_label else "accuracy/top1"
     if key not in metrics:

@@ -80,6 +80,9 @@ def labelwise_add_commands(subparsers):
     train.add_argument("--lr", type=float, default=None,
                        help="peak learning rate (default: the config's; 0.002 for the baseline configs and timm)")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in WORK_DIR")
+    train.add_argument("--launcher", choices=("none", "pytorch"), default="none",
+                       help="pytorch: one process per rank under torchrun (gloo on CPU, NCCL on CUDA); each rank "
+                       "takes --batch-size samples per step; rank 0 writes metrics.json (default: none)")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train.set_defaults(func=_run_train)
 
@@ -117,8 +120,12 @@ def _run_train(args) -> int:
     result = train_baseline(
         args.framework, data_root=args.data_root, regime=args.regime, work_dir=args.work_dir,
         seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        config=args.config, overwrite=args.overwrite, progress=not args.no_progress,
+        config=args.config, overwrite=args.overwrite, progress=not args.no_progress, launcher=args.launcher,
     )
+    from labelwise.utils.distributed import is_main_process
+
+    if not is_main_process():
+        return 0
     print(f"{result['framework']} {result['regime']} seed {result['seed']}: "
           f"test {result['metric']} {result['value']:.2f}% in {result['seconds']:.0f} s")
     return 0
